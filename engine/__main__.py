@@ -1,0 +1,262 @@
+"""The command line: parse arguments, set up logging, map errors to exit codes.
+
+Exit codes: 0 success; 1 some onboarding did not finish; 2 bad input (the
+file or the command line); 3 the database or AWS cannot be used; 4 an
+internal error (a bug: run again with --debug and report the traceback);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.engine import make_url
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from engine import cli_output, config, store
+from engine.aws import open_target
+from engine.errors import EngineError
+from engine.runner import Runner
+from engine.secrets import Redactor, SecretSink
+from steps import REGISTRY
+
+EXIT_UNFINISHED, EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+
+log = logging.getLogger("engine")
+REDACTOR = Redactor()
+FORMATS = click.Choice(["table", "json"])
+
+
+class _OnboardingDefault(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "onboarding"):
+            record.onboarding = "-"
+        return True
+
+
+def _setup_logging(verbose: bool, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_OnboardingDefault())
+    handler.addFilter(REDACTOR)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(onboarding)s] %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+    for noisy in ("botocore", "boto3", "urllib3", "alembic", "moto", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not debug else logging.INFO)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show debug logs and full tracebacks.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each step's start and end to stderr.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+    """Take new AWS IAM users through the IAM best practices, one persisted state at a time.
+
+    \b
+    Example:
+      python -m engine run workflows.yaml
+      python -m engine history --user alice --format json
+
+    Exit codes: 0 success, 1 an onboarding did not finish, 2 bad input,
+    3 database or AWS unavailable, 4 internal error, 130 interrupted.
+    """
+    ctx.obj = {"debug": debug}
+    _setup_logging(verbose, debug)
+
+
+def _load(path: str) -> config.LoadedConfig:
+    return config.load(path, set(REGISTRY))
+
+
+def _open_store(db: str | None, loaded: config.LoadedConfig | None) -> store.Store:
+    url = store.resolve_url(db, loaded.database_url() if loaded else None)
+    return store.open_store(url)
+
+
+def _store_for_queries(db: str | None, path: str) -> store.Store:
+    needs_file = db is None and store.DB_ENV not in os.environ
+    loaded = _load(path) if needs_file else None
+    return _open_store(db, loaded)
+
+
+def _sandbox_file(loaded: config.LoadedConfig, url: str) -> Path:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        return Path(parsed.database).parent / "sandbox-aws.pickle"
+    return loaded.resolve("state/sandbox-aws.pickle")
+
+
+@cli.command()
+@click.argument("workflows", type=click.Path(dir_okay=False))
+@click.option("--db", help="Database URL or SQLite path (default: the file's store; env IAM_ENGINE_DB).")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help="Summary format on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, banner or summary table; only errors.")
+def run(workflows: str, db: str | None, fmt: str, quiet: bool) -> None:
+    """Run every onboarding in WORKFLOWS, resuming unfinished ones where they stopped.
+
+    \b
+    Example:
+      python -m engine run workflows.yaml
+      python -m engine run workflows.yaml --db postgresql+psycopg://localhost/test --format json
+    """
+    loaded = _load(workflows)
+    url = store.resolve_url(db, loaded.database_url())
+    engine_store = store.open_store(url)
+    secrets = SecretSink(loaded.resolve(loaded.config.secrets.mfa_seed_dir), loaded.config.secrets.secret_prefix, REDACTOR)
+    target = open_target(loaded.config.aws, _sandbox_file(loaded, url))
+    err = Console(stderr=True)
+    if not quiet:
+        err.print(f"[bold]Target:[/bold] {target.description}")
+        err.print(f"[bold]Store:[/bold] {engine_store.url}")
+    try:
+        outcomes = _run_with_progress(Runner(loaded, engine_store, target, secrets), len(loaded.config.users), quiet)
+    finally:
+        target.close()
+        engine_store.dispose()
+    _print_outcomes(outcomes, fmt, quiet)
+    if any(item.status != "done" for item in outcomes):
+        raise SystemExit(EXIT_UNFINISHED)
+
+
+def _run_with_progress(runner: Runner, total: int, quiet: bool) -> list[cli_output.Outcome]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=quiet, transient=True) as progress:
+        task = progress.add_task("onboarding", total=total)
+        outcomes = []
+        for user in runner.loaded.config.users:
+            hook = lambda name, state: progress.update(task, description=f"{name} -> {state}")  # noqa: E731
+            outcomes.append(runner.drive(user, hook))
+            progress.advance(task)
+    return outcomes
+
+
+def _print_outcomes(outcomes: list[cli_output.Outcome], fmt: str, quiet: bool) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(cli_output.outcomes_json(outcomes), indent=2))
+        return
+    if quiet:
+        return
+    out = Console()
+    out.print(cli_output.outcomes_table(outcomes))
+    out.print(cli_output.summary_line(outcomes))
+
+
+@cli.command()
+@click.option("-f", "--file", "path", default="workflows.yaml", show_default=True, help="Workflows file that names the store.")
+@click.option("--db", help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB).")
+@click.option("--user", help="Only this user's transitions.")
+@click.option("--state", help="Only transitions into this state.")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def history(path: str, db: str | None, user: str | None, state: str | None, fmt: str) -> None:
+    """List the state history, one row per transition, oldest first.
+
+    \b
+    Example:
+      python -m engine history --user alice
+      python -m engine history --state Reviewed --format json
+    """
+    engine_store = _store_for_queries(db, path)
+    rows = engine_store.history(user=user, state=state)
+    if fmt == "json":
+        click.echo(json.dumps(cli_output.history_json(rows), indent=2))
+    else:
+        Console().print(cli_output.history_table(rows))
+
+
+@cli.command()
+@click.option("-f", "--file", "path", default="workflows.yaml", show_default=True, help="Workflows file that names the store.")
+@click.option("--db", help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB).")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def status(path: str, db: str | None, fmt: str) -> None:
+    """Show each user's current state and what the engine has set up for it.
+
+    \b
+    Example:
+      python -m engine status
+      python -m engine status --format json
+    """
+    engine_store = _store_for_queries(db, path)
+    rows = [cli_output.tracker(item, engine_store.history(user=item.user_name)) for item in engine_store.all_onboardings()]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        Console().print(cli_output.status_table(rows))
+
+
+@cli.command()
+@click.argument("workflows", type=click.Path(dir_okay=False))
+def validate(workflows: str) -> None:
+    """Check WORKFLOWS without running anything or touching the database.
+
+    \b
+    Example:
+      python -m engine validate workflows.yaml
+    """
+    loaded = _load(workflows)
+    click.echo(f"{workflows}: valid ({len(loaded.config.users)} users, {len(loaded.config.workflows)} workflows)")
+
+
+@cli.group()
+def db() -> None:
+    """Manage the database schema (it is also upgraded whenever the engine opens it)."""
+
+
+@db.command("upgrade")
+@click.option("-f", "--file", "path", default="workflows.yaml", show_default=True, help="Workflows file that names the store.")
+@click.option("--db", "db_url", help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB).")
+def db_upgrade(path: str, db_url: str | None) -> None:
+    """Create or upgrade the schema to the newest revision.
+
+    \b
+    Example:
+      python -m engine db upgrade --db state/onboarding.db
+    """
+    engine_store = _store_for_queries(db_url, path)
+    click.echo(f"schema of {engine_store.url} is at the newest revision")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; the only place errors become exit codes."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="python -m engine", standalone_mode=False)
+    except click.exceptions.Exit as stop:
+        return int(stop.exit_code)
+    except click.ClickException as err:
+        err.show()
+        return EXIT_INPUT
+    except click.exceptions.Abort:
+        return EXIT_INTERRUPTED
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    except EngineError as err:
+        return _fail(str(err), err.exit_code, debug)
+    except KeyboardInterrupt:
+        return _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED, debug)
+    except Exception as err:  # noqa: BLE001 - the last line of defence turns a bug into a message
+        message = f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)"
+        return _fail(message, EXIT_INTERNAL, debug)
+    return 0
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    if debug:
+        logging.getLogger("engine").exception("traceback")
+    click.echo(f"error: {REDACTOR.mask(message)}", err=True)
+    return code
+
+
+def _entry() -> Any:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

@@ -1,0 +1,133 @@
+"""Turn outcomes, history and status into tables or JSON; the CLI prints them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+from rich.table import Table
+
+from engine.runner import Outcome
+from engine.store import Onboarding
+
+TRACKER = ("Created", "LeastPrivilege", "MFA", "Role", "Rotated", "Monitored")
+
+
+def outcomes_table(outcomes: list[Outcome]) -> Table:
+    """Return the end-of-run summary: one row per user."""
+    table = Table(title="Onboarding summary")
+    for column in ("user", "state", "status", "entered this run", "error"):
+        table.add_column(column, overflow="fold")
+    for item in outcomes:
+        entered = ", ".join(item.entered) or "-"
+        table.add_row(item.user, item.state, item.status, entered, item.error or "")
+    return table
+
+
+def outcomes_json(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """Return the end-of-run summary as plain objects."""
+    return [asdict(item) for item in outcomes]
+
+
+def summary_line(outcomes: list[Outcome]) -> str:
+    """Return one sentence that says what the run did."""
+    changed = [item for item in outcomes if item.entered]
+    unfinished = [item for item in outcomes if item.status != "done"]
+    if not changed and not unfinished:
+        return f"Nothing to do: all {len(outcomes)} onboardings are already complete; nothing was changed."
+    done = len(outcomes) - len(unfinished)
+    text = f"{len(outcomes)} onboardings: {done} complete, {len(unfinished)} not finished; {len(changed)} advanced this run."
+    if unfinished:
+        names = ", ".join(item.user for item in unfinished)
+        text += f" Not finished: {names} (see the table; fix the cause and run again)."
+    return text
+
+
+HISTORY_COLUMNS = ("id", "user_name", "from_state", "to_state", "outcome", "started_at", "finished_at", "error_code", "error")
+
+
+def history_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return history rows with the names the JSON output documents."""
+    return [{**row, "user": row["user_name"]} for row in rows]
+
+
+def history_table(rows: list[dict[str, Any]]) -> Table:
+    """Return the history as a table, one row per transition."""
+    table = Table(title="State history")
+    for column in HISTORY_COLUMNS:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(row.get(column) or "") for column in HISTORY_COLUMNS))
+    return table
+
+
+def tracker(onboarding: Onboarding, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Return one user's status-tracker row, read from its successful transitions."""
+    details = {row["to_state"]: row["detail"] for row in rows if row["outcome"] == "ok"}
+    return {
+        "user": onboarding.user_name,
+        "workflow": onboarding.workflow,
+        "state": onboarding.state,
+        "status": onboarding.status,
+        "attempts": onboarding.attempts,
+        "iam_user": _iam_user(details.get("Created")),
+        "permissions": _permissions(details.get("LeastPrivilege")),
+        "mfa": _action(details.get("MFA"), "device"),
+        "access_keys": _keys(details.get("Rotated")),
+        "roles": _action(details.get("Role"), "role_arn"),
+        "monitoring": _monitoring(details.get("Monitored")),
+        "last_error": onboarding.last_error,
+    }
+
+
+def _iam_user(detail: dict[str, Any] | None) -> str:
+    return "-" if detail is None else str(detail.get("action", "present"))
+
+
+def _permissions(detail: dict[str, Any] | None) -> str:
+    if detail is None:
+        return "-"
+    groups = [item["group"] for item in detail.get("groups", [])]
+    parts = [f"groups: {', '.join(groups)}"] if groups else []
+    if detail.get("attached"):
+        parts.append(f"{len(detail['attached'])} attached")
+    if detail.get("inline"):
+        parts.append("inline")
+    return "; ".join(parts) or "none"
+
+
+def _action(detail: dict[str, Any] | None, key: str) -> str:
+    if detail is None:
+        return "-"
+    if detail.get("action") == "skipped":
+        return "not needed"
+    value = str(detail.get(key, ""))
+    return value.rsplit("/", 1)[-1] if value else str(detail.get("action"))
+
+
+def _keys(detail: dict[str, Any] | None) -> str:
+    if detail is None:
+        return "-"
+    if detail.get("action") == "skipped":
+        return "none (not declared)"
+    return f"1 active ({detail.get('key_id')}, {detail.get('action')})"
+
+
+def _monitoring(detail: dict[str, Any] | None) -> str:
+    if detail is None:
+        return "-"
+    return f"trail {str(detail.get('trail_arn', '')).rsplit('/', 1)[-1]} logging"
+
+
+STATUS_COLUMNS = ("user", "state", "status", "iam_user", "permissions", "mfa", "access_keys", "roles", "monitoring", "last_error")
+
+
+def status_table(rows: list[dict[str, Any]]) -> Table:
+    """Return the status tracker as a table."""
+    table = Table(title="Onboarding status")
+    for column in STATUS_COLUMNS:
+        table.add_column(column.replace("_", " "), overflow="fold")
+    for row in rows:
+        table.add_row(*(str(row.get(column) or "") for column in STATUS_COLUMNS))
+    return table

@@ -1,0 +1,234 @@
+"""Load workflows.yaml and validate it into typed objects before anything runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from engine import yamlsafe
+from engine.errors import ConfigError
+
+# IAM's own limits, checked here so that AWS is never asked with a bad name.
+IamName = Annotated[str, StringConstraints(pattern=r"^[\w+=,.@-]{1,64}$")]
+RoleName = IamName
+IamPath = Annotated[str, StringConstraints(pattern=r"^/([\x21-\x7e]{0,510}/)?$")]
+PolicyArn = Annotated[str, StringConstraints(pattern=r"^arn:aws[\w-]*:iam::(aws|\d{12}):policy/.+$")]
+TagKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+TagValue = Annotated[str, StringConstraints(max_length=256)]
+PolicyDocument = dict[str, Any]
+
+DEFAULT_STATES = ["Created", "LeastPrivilege", "MFA", "Role", "Rotated", "Monitored", "Reviewed"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(_Strict):
+    """Where the state lives: a SQLAlchemy URL, or a SQLite file path."""
+
+    url: str | None = None
+    path: str = "state/onboarding.db"
+
+
+class AwsConfig(_Strict):
+    """The AWS target: the in-process sandbox, an endpoint, or a real account."""
+
+    sandbox: bool = False
+    region: str = "us-east-1"
+    profile: str | None = None
+    endpoint_url: str | None = None
+    max_attempts: int = Field(default=8, ge=1, le=20)
+
+
+class SecretsConfig(_Strict):
+    """Where secrets go: MFA seeds to 0600 files, access keys to Secrets Manager."""
+
+    mfa_seed_dir: str = "secrets"
+    secret_prefix: str = "iam-onboarding/"
+
+
+class MonitoringConfig(_Strict):
+    """The account's CloudTrail trail and its bucket (bucket defaults from the account)."""
+
+    trail_name: str = Field(default="iam-onboarding-trail", pattern=r"^[A-Za-z0-9][\w.-]{2,127}$")
+    bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class GroupConfig(_Strict):
+    """An IAM group the file manages, with its policies."""
+
+    managed_policies: list[PolicyArn] = []
+    inline_policy: PolicyDocument | None = None
+
+
+class ServiceRoleConfig(_Strict):
+    """A role that a service (EC2, Lambda, ...) assumes instead of using keys."""
+
+    service: str = Field(pattern=r"^[a-z0-9.-]+\.amazonaws\.com$")
+    name: RoleName | None = None
+    managed_policies: list[PolicyArn] = []
+    inline_policy: PolicyDocument | None = None
+
+
+class AllowAdmin(_Strict):
+    """An explicit, recorded exception to the no-admin rule."""
+
+    reason: str = Field(min_length=10)
+
+
+class UserConfig(_Strict):
+    """One IAM user to onboard."""
+
+    name: IamName
+    workflow: str | None = None
+    path: IamPath = "/"
+    tags: dict[TagKey, TagValue] = {}
+    permissions_boundary: PolicyArn | None = None
+    groups: list[str] = []
+    managed_policies: list[PolicyArn] = []
+    inline_policy: PolicyDocument | None = None
+    allow_admin: AllowAdmin | None = None
+    mfa: Literal["virtual", "none"] = "virtual"
+    programmatic_access: bool = False
+    service_role: ServiceRoleConfig | None = None
+
+    def role_name(self) -> str | None:
+        """Return the name of the user's service role, if it declares one."""
+        if self.service_role is None:
+            return None
+        return self.service_role.name or f"{self.name}-service-role"[:64]
+
+
+class WorkflowConfig(_Strict):
+    """An ordered list of states and the step that takes an onboarding into each."""
+
+    states: list[str] = Field(default_factory=lambda: list(DEFAULT_STATES), min_length=1)
+    steps: dict[str, str]
+    key_max_age_days: int = Field(default=90, ge=1, le=3650)
+
+    def definition_hash(self) -> str:
+        """Return a short hash of the states and steps, to spot a changed definition."""
+        canonical = json.dumps({"states": self.states, "steps": self.steps}, sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class Config(_Strict):
+    """The whole validated file."""
+
+    version: Literal[1]
+    store: StoreConfig = StoreConfig()
+    aws: AwsConfig = AwsConfig()
+    secrets: SecretsConfig = SecretsConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    groups: dict[IamName, GroupConfig] = {}
+    workflows: dict[str, WorkflowConfig] = Field(min_length=1)
+    users: list[UserConfig] = Field(min_length=1)
+
+    def workflow_of(self, user: UserConfig) -> str:
+        """Return the workflow a user runs: the named one, or the only one there is."""
+        return user.workflow or next(iter(self.workflows))
+
+
+class LoadedConfig:
+    """A validated Config together with the file it came from."""
+
+    def __init__(self, path: Path, config: Config) -> None:
+        self.path = path
+        self.config = config
+        self.base_dir = path.resolve().parent
+
+    def resolve(self, relative: str) -> Path:
+        """Resolve a path from the file against the file's own folder."""
+        candidate = Path(os.path.expanduser(relative))
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
+
+    def database_url(self) -> str:
+        """Return the store URL the file names (a SQLite path becomes a URL)."""
+        store = self.config.store
+        return store.url or f"sqlite:///{self.resolve(store.path)}"
+
+
+def load(path: str | Path, known_steps: set[str]) -> LoadedConfig:
+    """Read, parse and validate ``path``; raise ConfigError naming the line at fault."""
+    name = str(path)
+    document = yamlsafe.load(name)
+    if not isinstance(document, dict):
+        raise ConfigError(name, 1, "file", "must be a mapping with version, workflows and users")
+    try:
+        config = Config.model_validate(document)
+    except ValidationError as err:
+        raise _first_error(name, document, err) from None
+    _check_references(name, document, config, known_steps)
+    return LoadedConfig(Path(path), config)
+
+
+def _first_error(name: str, document: Any, err: ValidationError) -> ConfigError:
+    first = err.errors(include_url=False)[0]
+    location = tuple(first["loc"])
+    field = _dotted(location) or "file"
+    line = yamlsafe.line_of(document, location)
+    return ConfigError(name, line, field, _explain(first))
+
+
+def _explain(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key; check its spelling against the README"
+    if error["type"] == "missing":
+        return "required field is missing"
+    if error["type"] == "string_pattern_mismatch" and "name" in map(str, error["loc"]):
+        return "not a valid IAM name (1-64 of letters, digits and +=,.@_-)"
+    return str(error["msg"])
+
+
+def _dotted(location: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _check_references(name: str, doc: Any, config: Config, known_steps: set[str]) -> None:
+    for wf_name, workflow in config.workflows.items():
+        _check_workflow(name, doc, wf_name, workflow, known_steps)
+    seen: dict[str, int] = {}
+    for index, user in enumerate(config.users):
+        where = ("users", index)
+        if user.name.lower() in seen:
+            first = seen[user.name.lower()]
+            _fail(name, doc, (*where, "name"), f"duplicate user name (IAM names are case-insensitive; first as users[{first}])")
+        seen[user.name.lower()] = index
+        _check_user(name, doc, config, user, where)
+
+
+def _check_workflow(name: str, doc: Any, wf_name: str, wf: WorkflowConfig, known: set[str]) -> None:
+    where = ("workflows", wf_name)
+    if len(set(wf.states)) != len(wf.states):
+        _fail(name, doc, (*where, "states"), "a state is listed twice")
+    for state, step in wf.steps.items():
+        if state not in wf.states:
+            _fail(name, doc, (*where, "steps", state), f"unknown state; the workflow's states are {', '.join(wf.states)}")
+        if step not in known:
+            _fail(name, doc, (*where, "steps", state), f"unknown step '{step}'; known steps: {', '.join(sorted(known))}")
+    for state in wf.states:
+        if state not in wf.steps:
+            _fail(name, doc, (*where, "steps"), f"no step for state '{state}'; map it to one of {', '.join(sorted(known))}")
+
+
+def _check_user(name: str, doc: Any, config: Config, user: UserConfig, where: tuple[Any, ...]) -> None:
+    if user.workflow is None and len(config.workflows) > 1:
+        _fail(name, doc, (*where, "workflow"), "required when the file has several workflows")
+    if user.workflow is not None and user.workflow not in config.workflows:
+        _fail(name, doc, (*where, "workflow"), f"unknown workflow; defined: {', '.join(config.workflows)}")
+    for index, group in enumerate(user.groups):
+        if group not in config.groups:
+            _fail(name, doc, (*where, "groups", index), f"unknown group '{group}'; define it under groups:")
+
+
+def _fail(name: str, doc: Any, location: tuple[Any, ...], problem: str) -> None:
+    raise ConfigError(name, yamlsafe.line_of(doc, location), _dotted(location), problem)

@@ -1,0 +1,76 @@
+"""The engine's exception tree.
+
+    EngineError                 base; ``exit_code`` is what the CLI returns
+    ├── ConfigError             workflows.yaml is unreadable or invalid (exit 2)
+    ├── StoreError              the database cannot be opened or migrated (exit 3)
+    ├── AwsSetupError           no usable AWS target: credentials, sandbox (exit 3)
+    └── StepError               one step failed for one onboarding (exit 1)
+        └── PolicyRefused       a policy grants more than the user entry allows
+
+Every message names what was involved and what the user can do next. Only
+the CLI turns these into exit codes and one-line messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(EngineError):
+    """workflows.yaml cannot be used; nothing has been run or written."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, line: int | None, field: str, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.field = field
+        self.problem = problem
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {field}: {problem}")
+
+
+class StoreError(EngineError):
+    """The state store cannot be opened, migrated or written."""
+
+    exit_code = 3
+
+
+class AwsSetupError(EngineError):
+    """The AWS target (sandbox, endpoint or account) cannot be used."""
+
+    exit_code = 3
+
+
+class StepError(EngineError):
+    """A step failed; the onboarding stops and the error lands in the history."""
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        code: str = "StepFailed",
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.code = code
+        self.detail = detail or {}
+        super().__init__(message)
+
+
+class PolicyRefused(StepError):
+    """A policy grants admin-style access that the user entry does not allow."""
+
+    def __init__(self, user: str, source: str, reason: str) -> None:
+        super().__init__(
+            f"refused {source} for user {user}: {reason}; remove it, or add "
+            "allow_admin with a reason to the user entry",
+            code="PolicyRefused",
+            detail={"policy": source, "reason": reason},
+        )

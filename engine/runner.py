@@ -1,0 +1,200 @@
+"""Claims onboardings and drives each one, state by state, to the end of its workflow."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from engine.aws import AwsTarget
+from engine.config import LoadedConfig, UserConfig
+from engine.errors import StepError, StoreError
+from engine.machine import Cursor, WorkflowMachine
+from engine.secrets import SecretSink
+from engine.store import DONE, FAILED, RUNNING, Onboarding, Store, Transition, utcnow
+from steps import REGISTRY
+from steps.base import StepContext
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=10)
+
+
+@dataclass
+class Outcome:
+    """How one onboarding ended this run."""
+
+    user: str
+    state: str
+    status: str
+    entered: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class _Attempt:
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressHook = Callable[[str, str], None]
+
+
+def default_actor() -> str:
+    """Return who is acting: the OS user, falling back to the process id."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"pid-{os.getpid()}"
+
+
+class Runner:
+    """Drives every onboarding of a validated file against one AWS target."""
+
+    def __init__(self, loaded: LoadedConfig, store: Store, target: AwsTarget, secrets: SecretSink) -> None:
+        self.loaded = loaded
+        self.store = store
+        self.target = target
+        self.secrets = secrets
+        self.actor = default_actor()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        config = loaded.config
+        self.machines = {name: WorkflowMachine(name, wf) for name, wf in config.workflows.items()}
+
+    def run(self, on_step: ProgressHook | None = None) -> list[Outcome]:
+        """Drive every user in the file; one user's failure does not stop the others."""
+        return [self.drive(user, on_step) for user in self.loaded.config.users]
+
+    def drive(self, user: UserConfig, on_step: ProgressHook | None = None) -> Outcome:
+        """Advance one user's onboarding from its persisted state to the end, or to a failure."""
+        workflow = self.loaded.config.workflow_of(user)
+        machine = self.machines[workflow]
+        definition = self.loaded.config.workflows[workflow].definition_hash()
+        onboarding = self.store.ensure_onboarding(user.name, workflow, definition)
+        if onboarding.status == DONE:
+            return Outcome(user.name, onboarding.state, DONE)
+        if not machine.knows(onboarding.state):
+            return self._unknown_state(onboarding, machine)
+        if not self.store.claim(onboarding.id, self.owner, LEASE):
+            return Outcome(user.name, onboarding.state, "busy", error="another worker holds its lease")
+        try:
+            return self._advance_all(user, machine, onboarding, on_step)
+        finally:
+            self.store.release(onboarding.id, self.owner)
+
+    def _unknown_state(self, onboarding: Onboarding, machine: WorkflowMachine) -> Outcome:
+        message = (
+            f"its state {onboarding.state} is not in workflow {machine.name} any more; "
+            "the definition changed since it started, so the engine does not guess"
+        )
+        return Outcome(onboarding.user_name, onboarding.state, FAILED, error=message)
+
+    def _advance_all(
+        self, user: UserConfig, machine: WorkflowMachine, onboarding: Onboarding, on_step: ProgressHook | None
+    ) -> Outcome:
+        outcome = Outcome(user.name, onboarding.state, onboarding.status)
+        while (dest := machine.next_state(onboarding.state)) is not None:
+            if on_step is not None:
+                on_step(user.name, dest)
+            onboarding = self._advance(user, machine, onboarding, dest)
+            if onboarding.status == FAILED:
+                outcome.error = f"{onboarding.last_error_code}: {onboarding.last_error}"
+                break
+            outcome.entered.append(dest)
+        outcome.state, outcome.status = onboarding.state, onboarding.status
+        return outcome
+
+    def _advance(self, user: UserConfig, machine: WorkflowMachine, current: Onboarding, dest: str) -> Onboarding:
+        in_doubt = current.pending_state == dest
+        current = self.store.mark_started(current, dest)
+        started = utcnow()
+        context = self._context(user, machine.name, in_doubt)
+        step = REGISTRY[self.loaded.config.workflows[machine.name].steps[dest]]
+        attempt = _Attempt()
+        context.log.info("step %s started%s", dest, " (reconciling an interrupted attempt)" if in_doubt else "")
+        cursor = Cursor(lambda _source, _dest: attempt.detail.update(step(context)))
+        try:
+            with machine.attached(cursor, current.state):
+                machine.advance(cursor)
+        except StoreError:
+            raise
+        except Exception as err:  # noqa: BLE001 - every failure is recorded, none is hidden
+            return self._record_failure(context, current, dest, started, err)
+        if in_doubt:
+            attempt.detail["reconciled_interrupted_attempt"] = True
+        status = DONE if dest == machine.final else RUNNING
+        context.log.info("step %s finished", dest)
+        return self._record(current, dest, started, "ok", attempt.detail, status=status)
+
+    def _record_failure(
+        self, context: StepContext, current: Onboarding, dest: str, started: Any, err: Exception
+    ) -> Onboarding:
+        code, message, detail = describe_failure(err)
+        context.log.error("step %s failed: %s: %s", dest, code, message, exc_info=log.isEnabledFor(logging.DEBUG))
+        return self._record(current, dest, started, "failed", detail, code=code, message=message)
+
+    def _record(
+        self,
+        current: Onboarding,
+        dest: str,
+        started: Any,
+        outcome: str,
+        detail: dict[str, Any],
+        status: str = FAILED,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> Onboarding:
+        self.target.checkpoint()
+        transition = Transition(
+            onboarding=current,
+            to_state=dest,
+            trigger="advance",
+            actor=self.actor,
+            started_at=started,
+            outcome=outcome,
+            detail=self._safe_detail(detail),
+            error_code=code,
+            error_message=self.secrets.redactor.mask(message) if message else None,
+        )
+        return self.store.record(transition, status)
+
+    def _safe_detail(self, detail: dict[str, Any]) -> dict[str, Any]:
+        if self.secrets.redactor.contains_secret(json.dumps(detail, default=str)):
+            log.error("a step's detail carried a secret; it was withheld from the history")
+            return {"withheld": "the step's detail carried a secret value"}
+        return detail
+
+    def _context(self, user: UserConfig, workflow: str, in_doubt: bool) -> StepContext:
+        adapter = logging.LoggerAdapter(logging.getLogger("steps"), {"onboarding": user.name})
+        return StepContext(
+            user=user,
+            workflow=self.loaded.config.workflows[workflow],
+            loaded=self.loaded,
+            clients=self.target.clients,
+            secrets=self.secrets,
+            account=self.target.account,
+            log=adapter,
+            in_doubt=in_doubt,
+        )
+
+
+def describe_failure(err: Exception) -> tuple[str, str, dict[str, Any]]:
+    """Return the error code, one-line message and detail to record for a failure."""
+    if isinstance(err, StepError):
+        return err.code, str(err), err.detail
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        code = str(error.get("Code", "Unknown"))
+        operation = err.operation_name
+        return code, f"AWS {operation} failed: {error.get('Message', '')}".strip(), {"operation": operation}
+    if isinstance(err, BotoCoreError):
+        return type(err).__name__, str(err), {}
+    return "InternalError", f"{type(err).__name__}: {err}", {}

@@ -1,0 +1,391 @@
+"""The state store: tables, the one-transaction transition write, leases, queries.
+
+Every change of an onboarding's state is written together with its history
+row in a single transaction, so the two can never disagree. The history is
+append-only: nothing here updates or deletes a history row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+
+from engine.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+DB_ENV = "IAM_ENGINE_DB"
+
+metadata = MetaData()
+
+onboardings = Table(
+    "onboardings",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_name", String(64), nullable=False, unique=True),
+    Column("workflow", String(128), nullable=False),
+    Column("definition_hash", String(16), nullable=False),
+    Column("state", String(64), nullable=False),
+    Column("pending_state", String(64)),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error_code", String(128)),
+    Column("last_error", Text),
+    Column("version", Integer, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_expires_at", DateTime),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+history = Table(
+    "state_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("onboarding_id", Integer, ForeignKey("onboardings.id"), nullable=False),
+    Column("user_name", String(64), nullable=False),
+    Column("workflow", String(128), nullable=False),
+    Column("from_state", String(64), nullable=False),
+    Column("to_state", String(64), nullable=False),
+    Column("trigger", String(64), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("error_code", String(128)),
+    Column("error_message", Text),
+    Column("detail", Text, nullable=False),
+)
+
+START_STATE = "New"
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+
+def utcnow() -> datetime:
+    """Return the current UTC time without tzinfo, as the tables store it."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Onboarding:
+    """One row of the onboardings table."""
+
+    id: int
+    user_name: str
+    workflow: str
+    definition_hash: str
+    state: str
+    pending_state: str | None
+    status: str
+    attempts: int
+    last_error_code: str | None
+    last_error: str | None
+    version: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What one attempt to enter a state produced, ready to be written."""
+
+    onboarding: Onboarding
+    to_state: str
+    trigger: str
+    actor: str
+    started_at: datetime
+    outcome: str
+    detail: dict[str, Any]
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class Store:
+    """The engine's database: one SQLAlchemy engine, short transactions."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def url(self) -> str:
+        """Return the database URL with any password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def ensure_onboarding(self, user: str, workflow: str, definition_hash: str) -> Onboarding:
+        """Return the user's onboarding, creating it in the start state when missing."""
+        now = utcnow()
+        row = {
+            "user_name": user,
+            "workflow": workflow,
+            "definition_hash": definition_hash,
+            "state": START_STATE,
+            "status": PENDING,
+            "attempts": 0,
+            "version": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        with self._begin() as conn:
+            found = self._find(conn, user)
+            if found is not None:
+                return found
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(onboardings).values(**row))
+            except IntegrityError:
+                log.debug("onboarding of %s was created by another worker", user)
+            found = self._find(conn, user)
+        assert found is not None
+        return found
+
+    def claim(self, onboarding_id: int, owner: str, ttl: timedelta) -> bool:
+        """Take the lease on an onboarding unless another live owner holds it."""
+        now = utcnow()
+        claimable = or_(
+            onboardings.c.lease_owner.is_(None),
+            onboardings.c.lease_owner == owner,
+            onboardings.c.lease_expires_at < now,
+        )
+        statement = (
+            update(onboardings)
+            .where(onboardings.c.id == onboarding_id, claimable)
+            .values(lease_owner=owner, lease_expires_at=now + ttl)
+        )
+        with self._begin() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def release(self, onboarding_id: int, owner: str) -> None:
+        """Give the lease back."""
+        statement = (
+            update(onboardings)
+            .where(onboardings.c.id == onboarding_id, onboardings.c.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+        with self._begin() as conn:
+            conn.execute(statement)
+
+    def mark_started(self, current: Onboarding, to_state: str) -> Onboarding:
+        """Persist that a step toward ``to_state`` is about to call AWS."""
+        values = {"pending_state": to_state, "status": RUNNING, "updated_at": utcnow()}
+        with self._begin() as conn:
+            self._bump(conn, current, values)
+            found = self._find(conn, current.user_name)
+        assert found is not None
+        return found
+
+    def record(self, transition: Transition, status: str) -> Onboarding:
+        """Write a history row and the onboarding's new state and status in one transaction."""
+        finished = utcnow()
+        change = _onboarding_change(transition, finished, status)
+        with self._begin() as conn:
+            conn.execute(insert(history).values(**_history_row(transition, finished)))
+            self._bump(conn, transition.onboarding, change)
+            found = self._find(conn, transition.onboarding.user_name)
+        assert found is not None
+        return found
+
+    def onboarding(self, user: str) -> Onboarding | None:
+        """Return one user's onboarding, or None."""
+        with self.engine.connect() as conn:
+            return self._find(conn, user)
+
+    def all_onboardings(self) -> list[Onboarding]:
+        """Return every onboarding, by user name."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(onboardings).order_by(onboardings.c.user_name))
+            return [_onboarding(row._mapping) for row in rows]
+
+    def history(self, user: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        """Return history rows, oldest first, filtered by user and/or state entered."""
+        query = select(history).order_by(history.c.id)
+        if user is not None:
+            query = query.where(history.c.user_name == user)
+        if state is not None:
+            query = query.where(history.c.to_state == state)
+        with self.engine.connect() as conn:
+            return [_history_dict(row._mapping) for row in conn.execute(query)]
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def _begin(self) -> Any:
+        return _translated(self.engine.begin())
+
+    def _find(self, conn: Connection, user: str) -> Onboarding | None:
+        row = conn.execute(select(onboardings).where(onboardings.c.user_name == user)).first()
+        return _onboarding(row._mapping) if row is not None else None
+
+    def _bump(self, conn: Connection, current: Onboarding, values: dict[str, Any]) -> None:
+        statement = (
+            update(onboardings)
+            .where(onboardings.c.id == current.id, onboardings.c.version == current.version)
+            .values(version=current.version + 1, **values)
+        )
+        if conn.execute(statement).rowcount != 1:
+            raise StoreError(
+                f"onboarding of {current.user_name} was changed by another process "
+                "while this one worked on it; run again to continue from its state"
+            )
+
+
+class _translated:
+    """Wrap a transaction so database failures surface as StoreError."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def __enter__(self) -> Connection:
+        try:
+            conn: Connection = self._context.__enter__()
+        except OperationalError as err:
+            raise StoreError(f"cannot reach the database: {_short(err)}") from err
+        return conn
+
+    def __exit__(self, *exc: Any) -> bool:
+        try:
+            return bool(self._context.__exit__(*exc))
+        except OperationalError as err:
+            raise StoreError(f"the database refused a write: {_short(err)}") from err
+
+
+def _short(err: SQLAlchemyError) -> str:
+    return str(getattr(err, "orig", err)).splitlines()[0]
+
+
+def _history_row(transition: Transition, finished: datetime) -> dict[str, Any]:
+    current = transition.onboarding
+    return {
+        "onboarding_id": current.id,
+        "user_name": current.user_name,
+        "workflow": current.workflow,
+        "from_state": current.state,
+        "to_state": transition.to_state,
+        "trigger": transition.trigger,
+        "actor": transition.actor,
+        "started_at": transition.started_at,
+        "finished_at": finished,
+        "outcome": transition.outcome,
+        "error_code": transition.error_code,
+        "error_message": transition.error_message,
+        "detail": json.dumps(transition.detail, sort_keys=True, default=str),
+    }
+
+
+def _onboarding_change(transition: Transition, finished: datetime, status: str) -> dict[str, Any]:
+    change: dict[str, Any] = {"pending_state": None, "updated_at": finished, "status": status}
+    if transition.outcome == "failed":
+        change.update(attempts=transition.onboarding.attempts + 1)
+        change.update(last_error_code=transition.error_code, last_error=transition.error_message)
+        return change
+    change.update(state=transition.to_state, last_error_code=None, last_error=None)
+    return change
+
+
+def _onboarding(row: Any) -> Onboarding:
+    fields = Onboarding.__dataclass_fields__
+    return Onboarding(**{name: row[name] for name in fields})
+
+
+def _history_dict(row: Any) -> dict[str, Any]:
+    item = dict(row)
+    item["detail"] = json.loads(item["detail"])
+    for key in ("started_at", "finished_at"):
+        item[key] = item[key].replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+    item["error"] = item["error_message"]
+    return item
+
+
+def resolve_url(cli_value: str | None, file_url: str | None) -> str:
+    """Pick the store URL: --db, then the environment variable, then the file."""
+    chosen = cli_value or os.environ.get(DB_ENV) or file_url
+    if not chosen:
+        raise StoreError(f"no database given; pass --db, set {DB_ENV}, or pass the workflows file")
+    return chosen if "://" in chosen else f"sqlite:///{Path(chosen).resolve()}"
+
+
+def open_store(url: str, migrate: bool = True) -> Store:
+    """Open (and by default migrate to head) the database at ``url``."""
+    engine = _create_engine(url)
+    store = Store(engine)
+    if migrate:
+        upgrade(store)
+    return store
+
+
+def _create_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"'{url}' is not a database URL; use a SQLite path or e.g. postgresql+psycopg://host/db") from None
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, connect_args={"timeout": 30})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+def alembic_config() -> AlembicConfig:
+    """Return an Alembic configuration that points at the shipped migrations."""
+    config = AlembicConfig()
+    location = resources.files("migrations")
+    config.set_main_option("script_location", str(location))
+    return config
+
+
+def upgrade(store: Store, revision: str = "head") -> None:
+    """Bring the schema to ``revision``."""
+    _run_alembic(store, command.upgrade, revision)
+
+
+def downgrade(store: Store, revision: str = "base") -> None:
+    """Take the schema back to ``revision``."""
+    _run_alembic(store, command.downgrade, revision)
+
+
+def _run_alembic(store: Store, action: Any, revision: str) -> None:
+    config = alembic_config()
+    try:
+        with store.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            action(config, revision)
+    except OperationalError as err:
+        raise StoreError(f"cannot open the database {store.url}: {_short(err)}") from err
+

@@ -1,0 +1,128 @@
+"""What every step receives and the small AWS helpers the steps share."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from engine.config import LoadedConfig, UserConfig, WorkflowConfig
+from engine.secrets import SecretSink
+
+MANAGED_BY_TAG = ("onboarded-by", "iam-onboarding-engine")
+ENGINE_POLICY_PATH = "/iam-onboarding/"
+
+
+@dataclass
+class Clients:
+    """The boto3 clients a step may use, built by engine.aws and handed in."""
+
+    iam: Any
+    sts: Any
+    s3: Any
+    cloudtrail: Any
+    secretsmanager: Any
+    ec2: Any
+
+
+@dataclass
+class AccountFacts:
+    """What one run learns about the account once and shares between onboardings."""
+
+    account_id: str
+    region: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    verified: dict[str, dict[str, Any]] = field(default_factory=dict)
+    policy_documents: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """Everything one step needs to act for one onboarding."""
+
+    user: UserConfig
+    workflow: WorkflowConfig
+    loaded: LoadedConfig
+    clients: Clients
+    secrets: SecretSink
+    account: AccountFacts
+    log: logging.LoggerAdapter[logging.Logger]
+    in_doubt: bool = False
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+Step = Callable[[StepContext], dict[str, Any]]
+
+
+def error_code(err: ClientError) -> str:
+    """Return the AWS error code of a ClientError."""
+    return str(err.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def is_code(err: ClientError, *codes: str) -> bool:
+    """Tell whether ``err`` carries one of ``codes``."""
+    return error_code(err) in codes
+
+
+def paginate(client: Any, operation: str, key: str, **kwargs: Any) -> Iterator[Any]:
+    """Yield every item under ``key`` across all pages of a list call."""
+    for page in client.get_paginator(operation).paginate(**kwargs):
+        yield from page.get(key, [])
+
+
+def as_document(document: Any) -> dict[str, Any]:
+    """Return a policy document as a dict, whether AWS gave a dict or a JSON string."""
+    if isinstance(document, str):
+        loaded: dict[str, Any] = json.loads(document)
+        return loaded
+    return dict(document)
+
+
+def dumps(document: dict[str, Any]) -> str:
+    """Serialise a policy document the same way every time."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def admin_grant(document: dict[str, Any]) -> str | None:
+    """Return why a policy document is admin-style, or None when it is not."""
+    for statement in _as_list(document.get("Statement", [])):
+        if not isinstance(statement, dict) or statement.get("Effect") != "Allow":
+            continue
+        resources = _as_list(statement.get("Resource", []))
+        if "NotAction" in statement:
+            return "a statement allows NotAction, which grants everything not listed"
+        actions = _as_list(statement.get("Action", []))
+        if "*" in actions and "*" in resources:
+            return "a statement allows action * on resource *"
+        if "iam:*" in actions:
+            return "a statement allows iam:*, which lets the user grant itself anything"
+    return None
+
+
+def managed_policy_document(ctx: StepContext, arn: str) -> dict[str, Any]:
+    """Return the default version of a managed policy, fetched once per run."""
+    cached = ctx.account.policy_documents.get(arn)
+    if cached is not None:
+        return cached
+    iam = ctx.clients.iam
+    version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+    raw = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]
+    document = as_document(raw["Document"])
+    ctx.account.policy_documents[arn] = document
+    return document
+
+
+def iam_tags(tags: dict[str, str]) -> list[dict[str, str]]:
+    """Return tags in the shape IAM calls take, with the engine's own tag added."""
+    merged = {**tags, MANAGED_BY_TAG[0]: MANAGED_BY_TAG[1]}
+    return [{"Key": key, "Value": value} for key, value in sorted(merged.items())]
