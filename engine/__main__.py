@@ -16,18 +16,30 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy.engine import make_url
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from sqlalchemy.engine import make_url
 
 from engine import cli_output, config, store
 from engine.aws import open_target
 from engine.errors import EngineError
-from engine.runner import Runner
+from engine.runner import Outcome, Runner
 from engine.secrets import Redactor, SecretSink
 from steps import REGISTRY
 
-EXIT_UNFINISHED, EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+EXIT_UNFINISHED, EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED = (
+    1,
+    2,
+    3,
+    4,
+    130,
+)
 
 log = logging.getLogger("engine")
 REDACTOR = Redactor()
@@ -45,20 +57,30 @@ def _setup_logging(verbose: bool, debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_OnboardingDefault())
     handler.addFilter(REDACTOR)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(onboarding)s] %(name)s: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(levelname)s [%(onboarding)s] %(name)s: %(message)s"
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+    root.setLevel(
+        logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    )
     for noisy in ("botocore", "boto3", "urllib3", "alembic", "moto", "transitions"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if not debug else logging.INFO)
+        logging.getLogger(noisy).setLevel(
+            logging.WARNING if not debug else logging.INFO
+        )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show debug logs and full tracebacks.")
-@click.option("-v", "--verbose", is_flag=True, help="Log each step's start and end to stderr.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Log each step's start and end to stderr."
+)
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
-    """Take new AWS IAM users through the IAM best practices, one persisted state at a time.
+    """Take new AWS IAM users through the IAM best practices, one state at a time.
 
     \b
     Example:
@@ -96,28 +118,52 @@ def _sandbox_file(loaded: config.LoadedConfig, url: str) -> Path:
 
 @cli.command()
 @click.argument("workflows", type=click.Path(dir_okay=False))
-@click.option("--db", help="Database URL or SQLite path (default: the file's store; env IAM_ENGINE_DB).")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help="Summary format on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar, banner or summary table; only errors.")
+@click.option(
+    "--db",
+    help="Database URL or SQLite path (default: the file's store; env IAM_ENGINE_DB).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=FORMATS,
+    default="table",
+    show_default=True,
+    help="Summary format on stdout.",
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="No progress bar, banner or summary table; only errors.",
+)
 def run(workflows: str, db: str | None, fmt: str, quiet: bool) -> None:
     """Run every onboarding in WORKFLOWS, resuming unfinished ones where they stopped.
 
     \b
     Example:
       python -m engine run workflows.yaml
-      python -m engine run workflows.yaml --db postgresql+psycopg://localhost/test --format json
+      python -m engine run workflows.yaml --format json --quiet
+      python -m engine run workflows.yaml --db postgresql+psycopg://localhost/test
     """
     loaded = _load(workflows)
     url = store.resolve_url(db, loaded.database_url())
     engine_store = store.open_store(url)
-    secrets = SecretSink(loaded.resolve(loaded.config.secrets.mfa_seed_dir), loaded.config.secrets.secret_prefix, REDACTOR)
+    secrets = SecretSink(
+        loaded.resolve(loaded.config.secrets.mfa_seed_dir),
+        loaded.config.secrets.secret_prefix,
+        REDACTOR,
+    )
     target = open_target(loaded.config.aws, _sandbox_file(loaded, url))
     err = Console(stderr=True)
     if not quiet:
         err.print(f"[bold]Target:[/bold] {target.description}")
         err.print(f"[bold]Store:[/bold] {engine_store.url}")
     try:
-        outcomes = _run_with_progress(Runner(loaded, engine_store, target, secrets), len(loaded.config.users), quiet)
+        outcomes = _run_with_progress(
+            Runner(loaded, engine_store, target, secrets),
+            len(loaded.config.users),
+            quiet,
+        )
     finally:
         target.close()
         engine_store.dispose()
@@ -126,19 +172,29 @@ def run(workflows: str, db: str | None, fmt: str, quiet: bool) -> None:
         raise SystemExit(EXIT_UNFINISHED)
 
 
-def _run_with_progress(runner: Runner, total: int, quiet: bool) -> list[cli_output.Outcome]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=quiet, transient=True) as progress:
+def _run_with_progress(runner: Runner, total: int, quiet: bool) -> list[Outcome]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(
+        *columns, console=Console(stderr=True), disable=quiet, transient=True
+    ) as progress:
         task = progress.add_task("onboarding", total=total)
+
+        def show(user: str, state: str) -> None:
+            progress.update(task, description=f"{user} -> {state}")
+
         outcomes = []
         for user in runner.loaded.config.users:
-            hook = lambda name, state: progress.update(task, description=f"{name} -> {state}")  # noqa: E731
-            outcomes.append(runner.drive(user, hook))
+            outcomes.append(runner.drive(user, show))
             progress.advance(task)
     return outcomes
 
 
-def _print_outcomes(outcomes: list[cli_output.Outcome], fmt: str, quiet: bool) -> None:
+def _print_outcomes(outcomes: list[Outcome], fmt: str, quiet: bool) -> None:
     if fmt == "json":
         click.echo(json.dumps(cli_output.outcomes_json(outcomes), indent=2))
         return
@@ -150,12 +206,23 @@ def _print_outcomes(outcomes: list[cli_output.Outcome], fmt: str, quiet: bool) -
 
 
 @cli.command()
-@click.option("-f", "--file", "path", default="workflows.yaml", show_default=True, help="Workflows file that names the store.")
-@click.option("--db", help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB).")
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    default="workflows.yaml",
+    show_default=True,
+    help="Workflows file that names the store.",
+)
+@click.option(
+    "--db", help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB)."
+)
 @click.option("--user", help="Only this user's transitions.")
 @click.option("--state", help="Only transitions into this state.")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-def history(path: str, db: str | None, user: str | None, state: str | None, fmt: str) -> None:
+def history(
+    path: str, db: str | None, user: str | None, state: str | None, fmt: str
+) -> None:
     """List the state history, one row per transition, oldest first.
 
     \b
@@ -172,8 +239,17 @@ def history(path: str, db: str | None, user: str | None, state: str | None, fmt:
 
 
 @cli.command()
-@click.option("-f", "--file", "path", default="workflows.yaml", show_default=True, help="Workflows file that names the store.")
-@click.option("--db", help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB).")
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    default="workflows.yaml",
+    show_default=True,
+    help="Workflows file that names the store.",
+)
+@click.option(
+    "--db", help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB)."
+)
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def status(path: str, db: str | None, fmt: str) -> None:
     """Show each user's current state and what the engine has set up for it.
@@ -184,7 +260,10 @@ def status(path: str, db: str | None, fmt: str) -> None:
       python -m engine status --format json
     """
     engine_store = _store_for_queries(db, path)
-    rows = [cli_output.tracker(item, engine_store.history(user=item.user_name)) for item in engine_store.all_onboardings()]
+    rows = [
+        cli_output.tracker(item, engine_store.history(user=item.user_name))
+        for item in engine_store.all_onboardings()
+    ]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2, default=str))
     else:
@@ -201,7 +280,10 @@ def validate(workflows: str) -> None:
       python -m engine validate workflows.yaml
     """
     loaded = _load(workflows)
-    click.echo(f"{workflows}: valid ({len(loaded.config.users)} users, {len(loaded.config.workflows)} workflows)")
+    click.echo(
+        f"{workflows}: valid ({len(loaded.config.users)} users, "
+        f"{len(loaded.config.workflows)} workflows)"
+    )
 
 
 @cli.group()
@@ -210,8 +292,19 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("-f", "--file", "path", default="workflows.yaml", show_default=True, help="Workflows file that names the store.")
-@click.option("--db", "db_url", help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB).")
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    default="workflows.yaml",
+    show_default=True,
+    help="Workflows file that names the store.",
+)
+@click.option(
+    "--db",
+    "db_url",
+    help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB).",
+)
 def db_upgrade(path: str, db_url: str | None) -> None:
     """Create or upgrade the schema to the newest revision.
 
@@ -240,9 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as err:
         return _fail(str(err), err.exit_code, debug)
     except KeyboardInterrupt:
-        return _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED, debug)
+        return _fail(
+            "interrupted; run the same command again to resume", EXIT_INTERRUPTED, debug
+        )
     except Exception as err:  # noqa: BLE001 - the last line of defence turns a bug into a message
-        message = f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)"
+        message = (
+            f"internal error: {type(err).__name__}: {err} "
+            "(run with --debug for the traceback)"
+        )
         return _fail(message, EXIT_INTERNAL, debug)
     return 0
 

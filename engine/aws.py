@@ -47,7 +47,11 @@ def open_target(settings: AwsConfig, sandbox_file: Path) -> AwsTarget:
     clients = build_clients(session, settings)
     account = _account_facts(clients, settings)
     where = f"endpoint {settings.endpoint_url}" if settings.endpoint_url else "AWS"
-    return AwsTarget(clients, account, f"{where}, account {account.account_id}, region {settings.region}")
+    return AwsTarget(
+        clients,
+        account,
+        f"{where}, account {account.account_id}, region {settings.region}",
+    )
 
 
 def _open_sandbox(settings: AwsConfig, sandbox_file: Path) -> AwsTarget:
@@ -60,7 +64,9 @@ def _open_sandbox(settings: AwsConfig, sandbox_file: Path) -> AwsTarget:
     )
     clients = build_clients(session, settings, endpoint=False)
     account = _account_facts(clients, settings)
-    description = f"SANDBOX (in-process moto, state in {sandbox_file}); nothing real is touched"
+    description = (
+        f"SANDBOX (in-process moto, state in {sandbox_file}); nothing real is touched"
+    )
     return AwsTarget(clients, account, description, sandbox.save, sandbox.stop)
 
 
@@ -69,7 +75,8 @@ def _session(settings: AwsConfig) -> boto3.Session:
         return boto3.Session(profile_name=settings.profile, region_name=settings.region)
     except ProfileNotFound:
         raise AwsSetupError(
-            f"AWS profile '{settings.profile}' is not configured; run `aws configure --profile "
+            f"AWS profile '{settings.profile}' is not configured; "
+            f"run `aws configure --profile "
             f"{settings.profile}` or change aws.profile in the file"
         ) from None
 
@@ -82,7 +89,9 @@ def boto_config(settings: AwsConfig) -> BotoConfig:
     )
 
 
-def build_clients(session: boto3.Session, settings: AwsConfig, endpoint: bool = True) -> Clients:
+def build_clients(
+    session: boto3.Session, settings: AwsConfig, endpoint: bool = True
+) -> Clients:
     """Build one client per service the steps use."""
     url = settings.endpoint_url if endpoint else None
     config = boto_config(settings)
@@ -101,7 +110,9 @@ def _account_facts(clients: Clients, settings: AwsConfig) -> AccountFacts:
             "environment variables) or set aws.sandbox: true in the file"
         ) from None
     except EndpointConnectionError as err:
-        raise AwsSetupError(f"cannot reach {err.kwargs.get('endpoint_url')}; is the endpoint running?") from None
+        raise AwsSetupError(
+            f"cannot reach {err.kwargs.get('endpoint_url')}; is the endpoint running?"
+        ) from None
     except ClientError as err:
         raise AwsSetupError(f"AWS refused the credentials: {err}") from None
     except BotoCoreError as err:

@@ -35,16 +35,32 @@ def summary_line(outcomes: list[Outcome]) -> str:
     changed = [item for item in outcomes if item.entered]
     unfinished = [item for item in outcomes if item.status != "done"]
     if not changed and not unfinished:
-        return f"Nothing to do: all {len(outcomes)} onboardings are already complete; nothing was changed."
+        return (
+            f"Nothing to do: all {len(outcomes)} onboardings are already complete; "
+            "nothing was changed."
+        )
     done = len(outcomes) - len(unfinished)
-    text = f"{len(outcomes)} onboardings: {done} complete, {len(unfinished)} not finished; {len(changed)} advanced this run."
+    text = (
+        f"{len(outcomes)} onboardings: {done} complete, "
+        f"{len(unfinished)} not finished; {len(changed)} advanced this run."
+    )
     if unfinished:
         names = ", ".join(item.user for item in unfinished)
         text += f" Not finished: {names} (see the table; fix the cause and run again)."
     return text
 
 
-HISTORY_COLUMNS = ("id", "user_name", "from_state", "to_state", "outcome", "started_at", "finished_at", "error_code", "error")
+HISTORY_COLUMNS = (
+    "id",
+    "user_name",
+    "from_state",
+    "to_state",
+    "outcome",
+    "started_at",
+    "finished_at",
+    "error_code",
+    "error",
+)
 
 
 def history_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,7 +136,18 @@ def _monitoring(detail: dict[str, Any] | None) -> str:
     return f"trail {str(detail.get('trail_arn', '')).rsplit('/', 1)[-1]} logging"
 
 
-STATUS_COLUMNS = ("user", "state", "status", "iam_user", "permissions", "mfa", "access_keys", "roles", "monitoring", "last_error")
+STATUS_COLUMNS = (
+    "user",
+    "state",
+    "status",
+    "iam_user",
+    "permissions",
+    "mfa",
+    "access_keys",
+    "roles",
+    "monitoring",
+    "last_error",
+)
 
 
 def status_table(rows: list[dict[str, Any]]) -> Table:

@@ -17,12 +17,22 @@ from engine.errors import ConfigError
 IamName = Annotated[str, StringConstraints(pattern=r"^[\w+=,.@-]{1,64}$")]
 RoleName = IamName
 IamPath = Annotated[str, StringConstraints(pattern=r"^/([\x21-\x7e]{0,510}/)?$")]
-PolicyArn = Annotated[str, StringConstraints(pattern=r"^arn:aws[\w-]*:iam::(aws|\d{12}):policy/.+$")]
+PolicyArn = Annotated[
+    str, StringConstraints(pattern=r"^arn:aws[\w-]*:iam::(aws|\d{12}):policy/.+$")
+]
 TagKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 TagValue = Annotated[str, StringConstraints(max_length=256)]
 PolicyDocument = dict[str, Any]
 
-DEFAULT_STATES = ["Created", "LeastPrivilege", "MFA", "Role", "Rotated", "Monitored", "Reviewed"]
+DEFAULT_STATES = [
+    "Created",
+    "LeastPrivilege",
+    "MFA",
+    "Role",
+    "Rotated",
+    "Monitored",
+    "Reviewed",
+]
 
 
 class _Strict(BaseModel):
@@ -54,10 +64,14 @@ class SecretsConfig(_Strict):
 
 
 class MonitoringConfig(_Strict):
-    """The account's CloudTrail trail and its bucket (bucket defaults from the account)."""
+    """The account's trail and its bucket (named from the account when unset)."""
 
-    trail_name: str = Field(default="iam-onboarding-trail", pattern=r"^[A-Za-z0-9][\w.-]{2,127}$")
-    bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    trail_name: str = Field(
+        default="iam-onboarding-trail", pattern=r"^[A-Za-z0-9][\w.-]{2,127}$"
+    )
+    bucket: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+    )
 
 
 class GroupConfig(_Strict):
@@ -108,13 +122,17 @@ class UserConfig(_Strict):
 class WorkflowConfig(_Strict):
     """An ordered list of states and the step that takes an onboarding into each."""
 
-    states: list[str] = Field(default_factory=lambda: list(DEFAULT_STATES), min_length=1)
+    states: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_STATES), min_length=1
+    )
     steps: dict[str, str]
     key_max_age_days: int = Field(default=90, ge=1, le=3650)
 
     def definition_hash(self) -> str:
         """Return a short hash of the states and steps, to spot a changed definition."""
-        canonical = json.dumps({"states": self.states, "steps": self.steps}, sort_keys=True)
+        canonical = json.dumps(
+            {"states": self.states, "steps": self.steps}, sort_keys=True
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -159,7 +177,9 @@ def load(path: str | Path, known_steps: set[str]) -> LoadedConfig:
     name = str(path)
     document = yamlsafe.load(name)
     if not isinstance(document, dict):
-        raise ConfigError(name, 1, "file", "must be a mapping with version, workflows and users")
+        raise ConfigError(
+            name, 1, "file", "must be a mapping with version, workflows and users"
+        )
     try:
         config = Config.model_validate(document)
     except ValidationError as err:
@@ -193,7 +213,9 @@ def _dotted(location: tuple[int | str, ...]) -> str:
     return text
 
 
-def _check_references(name: str, doc: Any, config: Config, known_steps: set[str]) -> None:
+def _check_references(
+    name: str, doc: Any, config: Config, known_steps: set[str]
+) -> None:
     for wf_name, workflow in config.workflows.items():
         _check_workflow(name, doc, wf_name, workflow, known_steps)
     seen: dict[str, int] = {}
@@ -201,33 +223,73 @@ def _check_references(name: str, doc: Any, config: Config, known_steps: set[str]
         where = ("users", index)
         if user.name.lower() in seen:
             first = seen[user.name.lower()]
-            _fail(name, doc, (*where, "name"), f"duplicate user name (IAM names are case-insensitive; first as users[{first}])")
+            _fail(
+                name,
+                doc,
+                (*where, "name"),
+                f"duplicate user name (IAM names ignore case; first as users[{first}])",
+            )
         seen[user.name.lower()] = index
         _check_user(name, doc, config, user, where)
 
 
-def _check_workflow(name: str, doc: Any, wf_name: str, wf: WorkflowConfig, known: set[str]) -> None:
+def _check_workflow(
+    name: str, doc: Any, wf_name: str, wf: WorkflowConfig, known: set[str]
+) -> None:
     where = ("workflows", wf_name)
     if len(set(wf.states)) != len(wf.states):
         _fail(name, doc, (*where, "states"), "a state is listed twice")
     for state, step in wf.steps.items():
         if state not in wf.states:
-            _fail(name, doc, (*where, "steps", state), f"unknown state; the workflow's states are {', '.join(wf.states)}")
+            _fail(
+                name,
+                doc,
+                (*where, "steps", state),
+                f"unknown state; the workflow's states are {', '.join(wf.states)}",
+            )
         if step not in known:
-            _fail(name, doc, (*where, "steps", state), f"unknown step '{step}'; known steps: {', '.join(sorted(known))}")
+            _fail(
+                name,
+                doc,
+                (*where, "steps", state),
+                f"unknown step '{step}'; known steps: {', '.join(sorted(known))}",
+            )
     for state in wf.states:
         if state not in wf.steps:
-            _fail(name, doc, (*where, "steps"), f"no step for state '{state}'; map it to one of {', '.join(sorted(known))}")
+            _fail(
+                name,
+                doc,
+                (*where, "steps"),
+                f"no step for state '{state}'; "
+                f"map it to one of {', '.join(sorted(known))}",
+            )
 
 
-def _check_user(name: str, doc: Any, config: Config, user: UserConfig, where: tuple[Any, ...]) -> None:
+def _check_user(
+    name: str, doc: Any, config: Config, user: UserConfig, where: tuple[Any, ...]
+) -> None:
     if user.workflow is None and len(config.workflows) > 1:
-        _fail(name, doc, (*where, "workflow"), "required when the file has several workflows")
+        _fail(
+            name,
+            doc,
+            (*where, "workflow"),
+            "required when the file has several workflows",
+        )
     if user.workflow is not None and user.workflow not in config.workflows:
-        _fail(name, doc, (*where, "workflow"), f"unknown workflow; defined: {', '.join(config.workflows)}")
+        _fail(
+            name,
+            doc,
+            (*where, "workflow"),
+            f"unknown workflow; defined: {', '.join(config.workflows)}",
+        )
     for index, group in enumerate(user.groups):
         if group not in config.groups:
-            _fail(name, doc, (*where, "groups", index), f"unknown group '{group}'; define it under groups:")
+            _fail(
+                name,
+                doc,
+                (*where, "groups", index),
+                f"unknown group '{group}'; define it under groups:",
+            )
 
 
 def _fail(name: str, doc: Any, location: tuple[Any, ...], problem: str) -> None:

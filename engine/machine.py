@@ -21,7 +21,7 @@ TRIGGER = "advance"
 
 
 class Cursor:
-    """The model of one onboarding while it is driven; ``state`` is set by transitions."""
+    """The model of one onboarding while it is driven; transitions sets ``state``."""
 
     state: str
 

@@ -1,4 +1,4 @@
-"""Claims onboardings and drives each one, state by state, to the end of its workflow."""
+"""Claims onboardings and drives each one, state by state, to its workflow's end."""
 
 from __future__ import annotations
 
@@ -59,7 +59,9 @@ def default_actor() -> str:
 class Runner:
     """Drives every onboarding of a validated file against one AWS target."""
 
-    def __init__(self, loaded: LoadedConfig, store: Store, target: AwsTarget, secrets: SecretSink) -> None:
+    def __init__(
+        self, loaded: LoadedConfig, store: Store, target: AwsTarget, secrets: SecretSink
+    ) -> None:
         self.loaded = loaded
         self.store = store
         self.target = target
@@ -67,14 +69,16 @@ class Runner:
         self.actor = default_actor()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         config = loaded.config
-        self.machines = {name: WorkflowMachine(name, wf) for name, wf in config.workflows.items()}
+        self.machines = {
+            name: WorkflowMachine(name, wf) for name, wf in config.workflows.items()
+        }
 
     def run(self, on_step: ProgressHook | None = None) -> list[Outcome]:
         """Drive every user in the file; one user's failure does not stop the others."""
         return [self.drive(user, on_step) for user in self.loaded.config.users]
 
     def drive(self, user: UserConfig, on_step: ProgressHook | None = None) -> Outcome:
-        """Advance one user's onboarding from its persisted state to the end, or to a failure."""
+        """Advance one onboarding from its persisted state to the end or a failure."""
         workflow = self.loaded.config.workflow_of(user)
         machine = self.machines[workflow]
         definition = self.loaded.config.workflows[workflow].definition_hash()
@@ -84,13 +88,20 @@ class Runner:
         if not machine.knows(onboarding.state):
             return self._unknown_state(onboarding, machine)
         if not self.store.claim(onboarding.id, self.owner, LEASE):
-            return Outcome(user.name, onboarding.state, "busy", error="another worker holds its lease")
+            return Outcome(
+                user.name,
+                onboarding.state,
+                "busy",
+                error="another worker holds its lease",
+            )
         try:
             return self._advance_all(user, machine, onboarding, on_step)
         finally:
             self.store.release(onboarding.id, self.owner)
 
-    def _unknown_state(self, onboarding: Onboarding, machine: WorkflowMachine) -> Outcome:
+    def _unknown_state(
+        self, onboarding: Onboarding, machine: WorkflowMachine
+    ) -> Outcome:
         message = (
             f"its state {onboarding.state} is not in workflow {machine.name} any more; "
             "the definition changed since it started, so the engine does not guess"
@@ -98,7 +109,11 @@ class Runner:
         return Outcome(onboarding.user_name, onboarding.state, FAILED, error=message)
 
     def _advance_all(
-        self, user: UserConfig, machine: WorkflowMachine, onboarding: Onboarding, on_step: ProgressHook | None
+        self,
+        user: UserConfig,
+        machine: WorkflowMachine,
+        onboarding: Onboarding,
+        on_step: ProgressHook | None,
     ) -> Outcome:
         outcome = Outcome(user.name, onboarding.state, onboarding.status)
         while (dest := machine.next_state(onboarding.state)) is not None:
@@ -112,14 +127,20 @@ class Runner:
         outcome.state, outcome.status = onboarding.state, onboarding.status
         return outcome
 
-    def _advance(self, user: UserConfig, machine: WorkflowMachine, current: Onboarding, dest: str) -> Onboarding:
+    def _advance(
+        self, user: UserConfig, machine: WorkflowMachine, current: Onboarding, dest: str
+    ) -> Onboarding:
         in_doubt = current.pending_state == dest
         current = self.store.mark_started(current, dest)
         started = utcnow()
         context = self._context(user, machine.name, in_doubt)
         step = REGISTRY[self.loaded.config.workflows[machine.name].steps[dest]]
         attempt = _Attempt()
-        context.log.info("step %s started%s", dest, " (reconciling an interrupted attempt)" if in_doubt else "")
+        context.log.info(
+            "step %s started%s",
+            dest,
+            " (reconciling an interrupted attempt)" if in_doubt else "",
+        )
         cursor = Cursor(lambda _source, _dest: attempt.detail.update(step(context)))
         try:
             with machine.attached(cursor, current.state):
@@ -135,11 +156,24 @@ class Runner:
         return self._record(current, dest, started, "ok", attempt.detail, status=status)
 
     def _record_failure(
-        self, context: StepContext, current: Onboarding, dest: str, started: Any, err: Exception
+        self,
+        context: StepContext,
+        current: Onboarding,
+        dest: str,
+        started: Any,
+        err: Exception,
     ) -> Onboarding:
         code, message, detail = describe_failure(err)
-        context.log.error("step %s failed: %s: %s", dest, code, message, exc_info=log.isEnabledFor(logging.DEBUG))
-        return self._record(current, dest, started, "failed", detail, code=code, message=message)
+        context.log.error(
+            "step %s failed: %s: %s",
+            dest,
+            code,
+            message,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        return self._record(
+            current, dest, started, "failed", detail, code=code, message=message
+        )
 
     def _record(
         self,
@@ -168,12 +202,16 @@ class Runner:
 
     def _safe_detail(self, detail: dict[str, Any]) -> dict[str, Any]:
         if self.secrets.redactor.contains_secret(json.dumps(detail, default=str)):
-            log.error("a step's detail carried a secret; it was withheld from the history")
+            log.error(
+                "a step's detail carried a secret; it was withheld from the history"
+            )
             return {"withheld": "the step's detail carried a secret value"}
         return detail
 
     def _context(self, user: UserConfig, workflow: str, in_doubt: bool) -> StepContext:
-        adapter = logging.LoggerAdapter(logging.getLogger("steps"), {"onboarding": user.name})
+        adapter = logging.LoggerAdapter(
+            logging.getLogger("steps"), {"onboarding": user.name}
+        )
         return StepContext(
             user=user,
             workflow=self.loaded.config.workflows[workflow],
@@ -194,7 +232,11 @@ def describe_failure(err: Exception) -> tuple[str, str, dict[str, Any]]:
         error = err.response.get("Error", {})
         code = str(error.get("Code", "Unknown"))
         operation = err.operation_name
-        return code, f"AWS {operation} failed: {error.get('Message', '')}".strip(), {"operation": operation}
+        return (
+            code,
+            f"AWS {operation} failed: {error.get('Message', '')}".strip(),
+            {"operation": operation},
+        )
     if isinstance(err, BotoCoreError):
         return type(err).__name__, str(err), {}
     return "InternalError", f"{type(err).__name__}: {err}", {}

@@ -67,9 +67,11 @@ class Sandbox:
     def _collect(self) -> dict[str, dict[str, Any]]:
         collected: dict[str, dict[str, Any]] = {}
         for service in SNAPSHOT_SERVICES:
-            account = get_backend(service)[DEFAULT_ACCOUNT_ID]  # type: ignore[arg-type]
+            account = get_backend(service)[DEFAULT_ACCOUNT_ID]
             made = dict.keys(account)
-            collected[service] = {s: dict.__getitem__(account, s) for s in self._scopes() if s in made}
+            collected[service] = {
+                s: dict.__getitem__(account, s) for s in self._scopes() if s in made
+            }
         return collected
 
     def _restore(self) -> None:
@@ -78,7 +80,7 @@ class Sandbox:
             return
         state = self._load()
         for service, scopes in state["backends"].items():
-            account = get_backend(service)[DEFAULT_ACCOUNT_ID]  # type: ignore[arg-type]
+            account = get_backend(service)[DEFAULT_ACCOUNT_ID]
             for scope, backend in scopes.items():
                 dict.__setitem__(account, scope, backend)
         log.info("sandbox state restored from %s", self.path)
@@ -87,7 +89,13 @@ class Sandbox:
         try:
             with self.path.open("rb") as handle:
                 state: dict[str, Any] = pickle.load(handle)  # noqa: S301 - our own 0600 file
-        except (OSError, pickle.UnpicklingError, AttributeError, ImportError, EOFError) as err:
+        except (
+            OSError,
+            pickle.UnpicklingError,
+            AttributeError,
+            ImportError,
+            EOFError,
+        ) as err:
             raise self._unreadable(err) from None
         if state.get("format") != FORMAT:
             raise self._unreadable(ValueError(f"format {state.get('format')}"))

@@ -36,7 +36,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 from engine.errors import StoreError
 
@@ -138,7 +143,9 @@ class Store:
         """Return the database URL with any password hidden."""
         return self.engine.url.render_as_string(hide_password=True)
 
-    def ensure_onboarding(self, user: str, workflow: str, definition_hash: str) -> Onboarding:
+    def ensure_onboarding(
+        self, user: str, workflow: str, definition_hash: str
+    ) -> Onboarding:
         """Return the user's onboarding, creating it in the start state when missing."""
         now = utcnow()
         row = {
@@ -179,13 +186,16 @@ class Store:
             .values(lease_owner=owner, lease_expires_at=now + ttl)
         )
         with self._begin() as conn:
-            return conn.execute(statement).rowcount == 1
+            claimed: bool = conn.execute(statement).rowcount == 1
+        return claimed
 
     def release(self, onboarding_id: int, owner: str) -> None:
         """Give the lease back."""
         statement = (
             update(onboardings)
-            .where(onboardings.c.id == onboarding_id, onboardings.c.lease_owner == owner)
+            .where(
+                onboardings.c.id == onboarding_id, onboardings.c.lease_owner == owner
+            )
             .values(lease_owner=None, lease_expires_at=None)
         )
         with self._begin() as conn:
@@ -201,7 +211,7 @@ class Store:
         return found
 
     def record(self, transition: Transition, status: str) -> Onboarding:
-        """Write a history row and the onboarding's new state and status in one transaction."""
+        """Write a history row and the onboarding's new state in one transaction."""
         finished = utcnow()
         change = _onboarding_change(transition, finished, status)
         with self._begin() as conn:
@@ -222,7 +232,9 @@ class Store:
             rows = conn.execute(select(onboardings).order_by(onboardings.c.user_name))
             return [_onboarding(row._mapping) for row in rows]
 
-    def history(self, user: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+    def history(
+        self, user: str | None = None, state: str | None = None
+    ) -> list[dict[str, Any]]:
         """Return history rows, oldest first, filtered by user and/or state entered."""
         query = select(history).order_by(history.c.id)
         if user is not None:
@@ -240,13 +252,19 @@ class Store:
         return _translated(self.engine.begin())
 
     def _find(self, conn: Connection, user: str) -> Onboarding | None:
-        row = conn.execute(select(onboardings).where(onboardings.c.user_name == user)).first()
+        row = conn.execute(
+            select(onboardings).where(onboardings.c.user_name == user)
+        ).first()
         return _onboarding(row._mapping) if row is not None else None
 
-    def _bump(self, conn: Connection, current: Onboarding, values: dict[str, Any]) -> None:
+    def _bump(
+        self, conn: Connection, current: Onboarding, values: dict[str, Any]
+    ) -> None:
         statement = (
             update(onboardings)
-            .where(onboardings.c.id == current.id, onboardings.c.version == current.version)
+            .where(
+                onboardings.c.id == current.id, onboardings.c.version == current.version
+            )
             .values(version=current.version + 1, **values)
         )
         if conn.execute(statement).rowcount != 1:
@@ -299,11 +317,19 @@ def _history_row(transition: Transition, finished: datetime) -> dict[str, Any]:
     }
 
 
-def _onboarding_change(transition: Transition, finished: datetime, status: str) -> dict[str, Any]:
-    change: dict[str, Any] = {"pending_state": None, "updated_at": finished, "status": status}
+def _onboarding_change(
+    transition: Transition, finished: datetime, status: str
+) -> dict[str, Any]:
+    change: dict[str, Any] = {
+        "pending_state": None,
+        "updated_at": finished,
+        "status": status,
+    }
     if transition.outcome == "failed":
         change.update(attempts=transition.onboarding.attempts + 1)
-        change.update(last_error_code=transition.error_code, last_error=transition.error_message)
+        change.update(
+            last_error_code=transition.error_code, last_error=transition.error_message
+        )
         return change
     change.update(state=transition.to_state, last_error_code=None, last_error=None)
     return change
@@ -327,7 +353,9 @@ def resolve_url(cli_value: str | None, file_url: str | None) -> str:
     """Pick the store URL: --db, then the environment variable, then the file."""
     chosen = cli_value or os.environ.get(DB_ENV) or file_url
     if not chosen:
-        raise StoreError(f"no database given; pass --db, set {DB_ENV}, or pass the workflows file")
+        raise StoreError(
+            f"no database given; pass --db, set {DB_ENV}, or pass the workflows file"
+        )
     return chosen if "://" in chosen else f"sqlite:///{Path(chosen).resolve()}"
 
 
@@ -344,7 +372,9 @@ def _create_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise StoreError(f"'{url}' is not a database URL; use a SQLite path or e.g. postgresql+psycopg://host/db") from None
+        raise StoreError(
+            f"'{url}' is not a database URL; use a SQLite path or e.g. postgresql+psycopg://host/db"
+        ) from None
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
@@ -387,5 +417,6 @@ def _run_alembic(store: Store, action: Any, revision: str) -> None:
             config.attributes["connection"] = conn
             action(config, revision)
     except OperationalError as err:
-        raise StoreError(f"cannot open the database {store.url}: {_short(err)}") from err
-
+        raise StoreError(
+            f"cannot open the database {store.url}: {_short(err)}"
+        ) from err

@@ -36,11 +36,15 @@ class LineList(list[Any]):
 class _StrictLoader(yaml.SafeLoader):
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise _located(event.start_mark, "aliases (*name) are not allowed; write the value out")
-        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise _located(
+                event.start_mark, "aliases (*name) are not allowed; write the value out"
+            )
+        return super().compose_node(parent, index)
 
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> LineDict:
+    def construct_mapping(  # type: ignore[override]
+        self, node: MappingNode, deep: bool = False
+    ) -> LineDict:
         result = LineDict()
         result.line = node.start_mark.line + 1
         result.key_lines = {}
@@ -51,13 +55,18 @@ class _StrictLoader(yaml.SafeLoader):
                 raise _located(key_node.start_mark, f"key {key!r} must be a string")
             if key in result:
                 first = result.key_lines[key]
-                raise _located(key_node.start_mark, f"duplicate key '{key}' (first on line {first})")
+                raise _located(
+                    key_node.start_mark,
+                    f"duplicate key '{key}' (first on line {first})",
+                )
             result.key_lines[key] = key_node.start_mark.line + 1
             result[key] = self.construct_object(value_node, deep=True)
         return result
 
     def construct_sequence(self, node: SequenceNode, deep: bool = False) -> LineList:
-        result = LineList(self.construct_object(child, deep=True) for child in node.value)
+        result = LineList(
+            self.construct_object(child, deep=True) for child in node.value
+        )
         result.line = node.start_mark.line + 1
         result.item_lines = [child.start_mark.line + 1 for child in node.value]
         return result
@@ -98,11 +107,15 @@ def _read(path: str) -> str:
         with open(path, encoding="utf-8") as handle:
             text = handle.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(path, None, "file", "not found; pass the path of a workflows.yaml") from None
+        raise ConfigError(
+            path, None, "file", "not found; pass the path of a workflows.yaml"
+        ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(path, None, "file", f"cannot be read ({err})") from None
     if len(text) > MAX_BYTES:
-        raise ConfigError(path, None, "file", f"larger than {MAX_BYTES} bytes; split it")
+        raise ConfigError(
+            path, None, "file", f"larger than {MAX_BYTES} bytes; split it"
+        )
     return text
 
 

@@ -1,4 +1,4 @@
-"""LeastPrivilege: the groups and policies the file declares, and nothing admin-style."""
+"""LeastPrivilege: the groups and policies the file declares, nothing admin-style."""
 
 from __future__ import annotations
 
@@ -54,8 +54,13 @@ def _declared_documents(ctx: StepContext) -> list[tuple[str, PolicyDocument]]:
     return documents
 
 
-def _documents_of(ctx: StepContext, label: str, group: GroupConfig) -> list[tuple[str, PolicyDocument]]:
-    found = [(f"{label}: {arn}", managed_policy_document(ctx, arn)) for arn in group.managed_policies]
+def _documents_of(
+    ctx: StepContext, label: str, group: GroupConfig
+) -> list[tuple[str, PolicyDocument]]:
+    found = [
+        (f"{label}: {arn}", managed_policy_document(ctx, arn))
+        for arn in group.managed_policies
+    ]
     if group.inline_policy is not None:
         found.append((f"{label}: inline_policy", group.inline_policy))
     return found
@@ -65,13 +70,25 @@ def _ensure_group(ctx: StepContext, name: str) -> dict[str, Any]:
     iam = ctx.clients.iam
     group = ctx.loaded.config.groups[name]
     created = _create_group_if_missing(ctx, name)
-    current = {p["PolicyArn"] for p in paginate(iam, "list_attached_group_policies", "AttachedPolicies", GroupName=name)}
+    current = {
+        p["PolicyArn"]
+        for p in paginate(
+            iam, "list_attached_group_policies", "AttachedPolicies", GroupName=name
+        )
+    }
     for arn in group.managed_policies:
         if arn not in current:
             iam.attach_group_policy(GroupName=name, PolicyArn=arn)
     if group.inline_policy is not None:
-        iam.put_group_policy(GroupName=name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=dumps(group.inline_policy))
-    member = name in {g["GroupName"] for g in paginate(iam, "list_groups_for_user", "Groups", UserName=ctx.user.name)}
+        iam.put_group_policy(
+            GroupName=name,
+            PolicyName=INLINE_POLICY_NAME,
+            PolicyDocument=dumps(group.inline_policy),
+        )
+    member = name in {
+        g["GroupName"]
+        for g in paginate(iam, "list_groups_for_user", "Groups", UserName=ctx.user.name)
+    }
     if not member:
         iam.add_user_to_group(GroupName=name, UserName=ctx.user.name)
     return {"group": name, "created": created, "joined": not member}
@@ -89,7 +106,15 @@ def _create_group_if_missing(ctx: StepContext, name: str) -> bool:
 
 def _attach_user_policies(ctx: StepContext) -> list[str]:
     iam = ctx.clients.iam
-    current = {p["PolicyArn"] for p in paginate(iam, "list_attached_user_policies", "AttachedPolicies", UserName=ctx.user.name)}
+    current = {
+        p["PolicyArn"]
+        for p in paginate(
+            iam,
+            "list_attached_user_policies",
+            "AttachedPolicies",
+            UserName=ctx.user.name,
+        )
+    }
     added = [arn for arn in ctx.user.managed_policies if arn not in current]
     for arn in added:
         iam.attach_user_policy(UserName=ctx.user.name, PolicyArn=arn)

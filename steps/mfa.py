@@ -57,7 +57,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
 
 def _enabled_devices(ctx: StepContext) -> list[str]:
-    devices = paginate(ctx.clients.iam, "list_mfa_devices", "MFADevices", UserName=ctx.user.name)
+    devices = paginate(
+        ctx.clients.iam, "list_mfa_devices", "MFADevices", UserName=ctx.user.name
+    )
     return [device["SerialNumber"] for device in devices]
 
 
@@ -76,7 +78,10 @@ def _device_with_seed(ctx: StepContext) -> tuple[str, str]:
 def _unassigned_device(ctx: StepContext) -> str | None:
     suffix = f":mfa/{ctx.user.name}"
     devices = paginate(
-        ctx.clients.iam, "list_virtual_mfa_devices", "VirtualMFADevices", AssignmentStatus="Unassigned"
+        ctx.clients.iam,
+        "list_virtual_mfa_devices",
+        "VirtualMFADevices",
+        AssignmentStatus="Unassigned",
     )
     for device in devices:
         if device["SerialNumber"].endswith(suffix):
@@ -85,7 +90,9 @@ def _unassigned_device(ctx: StepContext) -> str | None:
 
 
 def _create_device(ctx: StepContext) -> tuple[str, str]:
-    created = ctx.clients.iam.create_virtual_mfa_device(VirtualMFADeviceName=ctx.user.name)
+    created = ctx.clients.iam.create_virtual_mfa_device(
+        VirtualMFADeviceName=ctx.user.name
+    )
     device = created["VirtualMFADevice"]
     serial = str(device["SerialNumber"])
     raw = device["Base32StringSeed"]
@@ -107,19 +114,22 @@ def _enable(ctx: StepContext, serial: str, seed: str) -> None:
 
 def _ensure_policy(ctx: StepContext) -> str:
     iam = ctx.clients.iam
-    arn = f"arn:aws:iam::{ctx.account.account_id}:policy{ENGINE_POLICY_PATH}{REQUIRE_MFA_POLICY}"
+    account = ctx.account.account_id
+    arn = f"arn:aws:iam::{account}:policy{ENGINE_POLICY_PATH}{REQUIRE_MFA_POLICY}"
     with ctx.account.lock:
         try:
             iam.create_policy(
                 PolicyName=REQUIRE_MFA_POLICY,
                 Path=ENGINE_POLICY_PATH,
                 PolicyDocument=dumps(REQUIRE_MFA_DOCUMENT),
-                Description="Denies all but MFA self-management until the user signs in with MFA",
+                Description="Denies all but MFA self-service until signed in with MFA",
             )
         except ClientError as err:
             if not is_code(err, "EntityAlreadyExists"):
                 raise
-    attached = paginate(iam, "list_attached_user_policies", "AttachedPolicies", UserName=ctx.user.name)
+    attached = paginate(
+        iam, "list_attached_user_policies", "AttachedPolicies", UserName=ctx.user.name
+    )
     if arn not in {policy["PolicyArn"] for policy in attached}:
         iam.attach_user_policy(UserName=ctx.user.name, PolicyArn=arn)
     return arn

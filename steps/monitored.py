@@ -1,4 +1,4 @@
-"""Monitored: a multi-region CloudTrail trail with validated logs, logging, once per account.
+"""Monitored: a multi-region trail with validated logs, logging, once per account.
 
 The trail's bucket gets the policy CloudTrail needs before the trail is
 created: real AWS refuses create_trail without it, even though moto does not.
@@ -24,20 +24,27 @@ def run(ctx: StepContext) -> dict[str, Any]:
         if known is not None:
             return {**known, "action": "verified earlier in this run"}
         detail = _ensure_trail(ctx)
-        ctx.account.verified["trail"] = {"trail_arn": detail["trail_arn"], "bucket": detail["bucket"]}
+        ctx.account.verified["trail"] = {
+            "trail_arn": detail["trail_arn"],
+            "bucket": detail["bucket"],
+        }
     return detail
 
 
 def bucket_name(ctx: StepContext) -> str:
     """Return the trail bucket: the file's name, or one derived from the account."""
     configured = ctx.loaded.config.monitoring.bucket
-    return configured or f"iam-onboarding-trail-{ctx.account.account_id}-{ctx.account.region}"
+    return (
+        configured
+        or f"iam-onboarding-trail-{ctx.account.account_id}-{ctx.account.region}"
+    )
 
 
 def trail_arn(ctx: StepContext) -> str:
     """Return the ARN the account's trail has, or will have."""
     account, region = ctx.account.account_id, ctx.account.region
-    return f"arn:aws:cloudtrail:{region}:{account}:trail/{ctx.loaded.config.monitoring.trail_name}"
+    name = ctx.loaded.config.monitoring.trail_name
+    return f"arn:aws:cloudtrail:{region}:{account}:trail/{name}"
 
 
 def bucket_policy(bucket: str, account_id: str, trail: str) -> dict[str, Any]:
@@ -62,7 +69,10 @@ def bucket_policy(bucket: str, account_id: str, trail: str) -> dict[str, Any]:
                 "Action": "s3:PutObject",
                 "Resource": f"arn:aws:s3:::{bucket}/AWSLogs/{account_id}/*",
                 "Condition": {
-                    "StringEquals": {**source, "s3:x-amz-acl": "bucket-owner-full-control"}
+                    "StringEquals": {
+                        **source,
+                        "s3:x-amz-acl": "bucket-owner-full-control",
+                    }
                 },
             },
         ],
@@ -75,7 +85,11 @@ def _ensure_trail(ctx: StepContext) -> dict[str, Any]:
     actions += _ensure_bucket_policy(ctx, bucket)
     actions += _ensure_trail_settings(ctx, bucket)
     actions += _ensure_logging(ctx)
-    return {"trail_arn": trail_arn(ctx), "bucket": bucket, "actions": actions or ["none needed"]}
+    return {
+        "trail_arn": trail_arn(ctx),
+        "bucket": bucket,
+        "actions": actions or ["none needed"],
+    }
 
 
 def _ensure_bucket(ctx: StepContext, bucket: str) -> list[str]:
@@ -88,7 +102,9 @@ def _ensure_bucket(ctx: StepContext, bucket: str) -> list[str]:
             raise
     request: dict[str, Any] = {"Bucket": bucket}
     if ctx.account.region != "us-east-1":
-        request["CreateBucketConfiguration"] = {"LocationConstraint": ctx.account.region}
+        request["CreateBucketConfiguration"] = {
+            "LocationConstraint": ctx.account.region
+        }
     s3.create_bucket(**request)
     s3.put_public_access_block(
         Bucket=bucket,
@@ -137,7 +153,9 @@ def _ensure_trail_settings(ctx: StepContext, bucket: str) -> list[str]:
         "IncludeGlobalServiceEvents": True,
         "EnableLogFileValidation": True,
     }
-    trails = cloudtrail.describe_trails(trailNameList=[name], includeShadowTrails=False)["trailList"]
+    trails = cloudtrail.describe_trails(
+        trailNameList=[name], includeShadowTrails=False
+    )["trailList"]
     if not trails:
         cloudtrail.create_trail(**settings)
         return ["trail created"]

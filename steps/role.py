@@ -1,4 +1,4 @@
-"""Role: a role (and for EC2 an instance profile) that a service assumes instead of keys."""
+"""Role: a role (and for EC2 an instance profile) a service assumes instead of keys."""
 
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
 def _refuse_admin(ctx: StepContext, spec: ServiceRoleConfig) -> None:
     if ctx.user.allow_admin is not None:
         return
-    documents = [(arn, managed_policy_document(ctx, arn)) for arn in spec.managed_policies]
+    documents = [
+        (arn, managed_policy_document(ctx, arn)) for arn in spec.managed_policies
+    ]
     if spec.inline_policy is not None:
         documents.append(("the service_role's inline_policy", spec.inline_policy))
     for source, document in documents:
@@ -64,7 +66,9 @@ def _refuse_admin(ctx: StepContext, spec: ServiceRoleConfig) -> None:
             raise PolicyRefused(ctx.user.name, source, reason)
 
 
-def _ensure_role(ctx: StepContext, name: str, spec: ServiceRoleConfig) -> dict[str, Any]:
+def _ensure_role(
+    ctx: StepContext, name: str, spec: ServiceRoleConfig
+) -> dict[str, Any]:
     iam = ctx.clients.iam
     wanted = trust_policy(spec.service)
     try:
@@ -89,12 +93,21 @@ def _ensure_role(ctx: StepContext, name: str, spec: ServiceRoleConfig) -> dict[s
 
 def _attach_policies(ctx: StepContext, name: str, spec: ServiceRoleConfig) -> list[str]:
     iam = ctx.clients.iam
-    current = {p["PolicyArn"] for p in paginate(iam, "list_attached_role_policies", "AttachedPolicies", RoleName=name)}
+    current = {
+        p["PolicyArn"]
+        for p in paginate(
+            iam, "list_attached_role_policies", "AttachedPolicies", RoleName=name
+        )
+    }
     added = [arn for arn in spec.managed_policies if arn not in current]
     for arn in added:
         iam.attach_role_policy(RoleName=name, PolicyArn=arn)
     if spec.inline_policy is not None:
-        iam.put_role_policy(RoleName=name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=dumps(spec.inline_policy))
+        iam.put_role_policy(
+            RoleName=name,
+            PolicyName=INLINE_POLICY_NAME,
+            PolicyDocument=dumps(spec.inline_policy),
+        )
     return added
 
 
@@ -106,7 +119,9 @@ def _ensure_instance_profile(ctx: StepContext, name: str) -> dict[str, Any]:
     except ClientError as err:
         if not is_code(err, "NoSuchEntity"):
             raise
-        profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+        profile = iam.create_instance_profile(InstanceProfileName=name)[
+            "InstanceProfile"
+        ]
         iam.get_waiter("instance_profile_exists").wait(InstanceProfileName=name)
         action = "created"
 

@@ -19,7 +19,10 @@ KEY_QUOTA = 2
 def run(ctx: StepContext) -> dict[str, Any]:
     """Keep one fresh, stored key for programmatic users; none is made for others."""
     if not ctx.user.programmatic_access:
-        return {"action": "skipped", "why": "the user entry does not declare programmatic_access"}
+        return {
+            "action": "skipped",
+            "why": "the user entry does not declare programmatic_access",
+        }
 
     keys = _keys(ctx)
     stored = ctx.secrets.stored_key_id(ctx.clients.secretsmanager, ctx.user.name)
@@ -31,23 +34,43 @@ def run(ctx: StepContext) -> dict[str, Any]:
     deleted = _make_room(ctx, keys, stored)
     key_id = _create_and_store(ctx)
     retired = _retire_others(ctx, _keys(ctx), key_id)
-    return {"action": "rotated", "key_id": key_id, "deleted": deleted, "retired": retired}
+    return {
+        "action": "rotated",
+        "key_id": key_id,
+        "deleted": deleted,
+        "retired": retired,
+    }
 
 
 def _keys(ctx: StepContext) -> list[dict[str, Any]]:
-    found = paginate(ctx.clients.iam, "list_access_keys", "AccessKeyMetadata", UserName=ctx.user.name)
+    found = paginate(
+        ctx.clients.iam, "list_access_keys", "AccessKeyMetadata", UserName=ctx.user.name
+    )
     return sorted(found, key=lambda key: key["CreateDate"])
 
 
 def _is_current(ctx: StepContext, key: dict[str, Any], stored: str | None) -> bool:
-    fresh = ctx.now() - key["CreateDate"] < timedelta(days=ctx.workflow.key_max_age_days)
-    return key["Status"] == "Active" and fresh and key["AccessKeyId"] == stored
+    fresh = ctx.now() - key["CreateDate"] < timedelta(
+        days=ctx.workflow.key_max_age_days
+    )
+    active: bool = key["Status"] == "Active"
+    return active and fresh and key["AccessKeyId"] == stored
 
 
-def _make_room(ctx: StepContext, keys: list[dict[str, Any]], stored: str | None) -> list[str]:
+def _make_room(
+    ctx: StepContext, keys: list[dict[str, Any]], stored: str | None
+) -> list[str]:
     inactive = [key for key in keys if key["Status"] != "Active"]
-    unheld = [key for key in keys if key["Status"] == "Active" and key["AccessKeyId"] != stored]
-    held = [key for key in keys if key["Status"] == "Active" and key["AccessKeyId"] == stored]
+    unheld = [
+        key
+        for key in keys
+        if key["Status"] == "Active" and key["AccessKeyId"] != stored
+    ]
+    held = [
+        key
+        for key in keys
+        if key["Status"] == "Active" and key["AccessKeyId"] == stored
+    ]
     deleted: list[str] = []
     for key in inactive + unheld + held:
         if len(keys) - len(deleted) < KEY_QUOTA:
@@ -67,7 +90,9 @@ def _create_and_store(ctx: StepContext) -> str:
     return key_id
 
 
-def _retire_others(ctx: StepContext, keys: list[dict[str, Any]], keep: str) -> list[str]:
+def _retire_others(
+    ctx: StepContext, keys: list[dict[str, Any]], keep: str
+) -> list[str]:
     retired: list[str] = []
     for key in keys:
         if key["AccessKeyId"] == keep or key["Status"] != "Active":
