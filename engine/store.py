@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     IntegrityError,
+    NoSuchModuleError,
     OperationalError,
     SQLAlchemyError,
 )
@@ -371,12 +372,13 @@ def open_store(url: str, migrate: bool = True) -> Store:
 def _create_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
-    except ArgumentError:
+        if parsed.get_backend_name() != "sqlite":
+            return create_engine(parsed, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError, ModuleNotFoundError) as err:
         raise StoreError(
-            f"'{url}' is not a database URL; use a SQLite path or e.g. postgresql+psycopg://host/db"
+            f"'{url}' is not a database URL this engine can open ({err}); use a "
+            "SQLite path or a URL such as postgresql+psycopg://user@host/db"
         ) from None
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, connect_args={"timeout": 30})

@@ -23,7 +23,9 @@ from engine.store import Store, open_store
 from steps import REGISTRY
 from steps.base import AccountFacts, Clients, StepContext
 
-PG_URL = os.environ.get("IAM_ENGINE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "IAM_ENGINE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 MOTO_CONFIG = {"iam": {"load_aws_managed_policies": True}}
 
 
@@ -69,7 +71,9 @@ def pg_url() -> Iterator[str]:
     """A PostgreSQL URL on a fresh schema of its own, dropped afterwards."""
     if not PG_AVAILABLE:
         if REQUIRE_PG:
-            pytest.fail(f"PostgreSQL is required (IAM_ENGINE_REQUIRE_PG=1) but {PG_URL} is unreachable")
+            pytest.fail(
+                f"PostgreSQL is required (IAM_ENGINE_REQUIRE_PG=1) but {PG_URL} is unreachable"
+            )
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL)
@@ -110,7 +114,9 @@ BASE_DOC: dict[str, Any] = {
     "version": 1,
     "aws": {"sandbox": True, "region": "us-east-1"},
     "monitoring": {"trail_name": "test-trail"},
-    "groups": {"readers": {"managed_policies": ["arn:aws:iam::aws:policy/ReadOnlyAccess"]}},
+    "groups": {
+        "readers": {"managed_policies": ["arn:aws:iam::aws:policy/ReadOnlyAccess"]}
+    },
     "workflows": {
         "standard": {
             "steps": {
@@ -163,7 +169,9 @@ class StepKit:
             clients=self.clients,
             secrets=self.secrets,
             account=self.account,
-            log=logging.LoggerAdapter(logging.getLogger("steps"), {"onboarding": user["name"]}),
+            log=logging.LoggerAdapter(
+                logging.getLogger("steps"), {"onboarding": user["name"]}
+            ),
         )
 
 

@@ -15,7 +15,11 @@ from steps import created, least_privilege, mfa, monitored, reviewed, role, rota
 from steps.base import MANAGED_BY_TAG
 from tests.conftest import StepKit
 
-ALICE: dict[str, Any] = {"name": "alice", "groups": ["readers"], "tags": {"team": "data"}}
+ALICE: dict[str, Any] = {
+    "name": "alice",
+    "groups": ["readers"],
+    "tags": {"team": "data"},
+}
 BOT: dict[str, Any] = {"name": "bot", "mfa": "none", "programmatic_access": True}
 APP: dict[str, Any] = {
     "name": "app",
@@ -34,7 +38,10 @@ def test_created_makes_a_tagged_user_and_adopts_it_on_a_rerun(kit: StepKit) -> N
     second = created.run(ctx)
 
     user = kit.clients.iam.get_user(UserName="alice")["User"]
-    tags = {t["Key"]: t["Value"] for t in kit.clients.iam.list_user_tags(UserName="alice")["Tags"]}
+    tags = {
+        t["Key"]: t["Value"]
+        for t in kit.clients.iam.list_user_tags(UserName="alice")["Tags"]
+    }
     assert first["action"] == "created" and second["action"] == "adopted"
     assert user["Path"] == "/people/"
     assert tags == {"team": "data", MANAGED_BY_TAG[0]: MANAGED_BY_TAG[1]}
@@ -64,7 +71,16 @@ def test_created_sends_the_permissions_boundary(kit: StepKit) -> None:
 
 
 def test_least_privilege_joins_groups_and_is_idempotent(kit: StepKit) -> None:
-    inline = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}]}
+    inline = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": "arn:aws:s3:::b/*",
+            }
+        ],
+    }
     ctx = kit.context({**ALICE, "inline_policy": inline})
     created.run(ctx)
 
@@ -72,31 +88,55 @@ def test_least_privilege_joins_groups_and_is_idempotent(kit: StepKit) -> None:
     second = least_privilege.run(ctx)
 
     iam = kit.clients.iam
-    groups = [g["GroupName"] for g in iam.list_groups_for_user(UserName="alice")["Groups"]]
+    groups = [
+        g["GroupName"] for g in iam.list_groups_for_user(UserName="alice")["Groups"]
+    ]
     attached = iam.list_attached_group_policies(GroupName="readers")["AttachedPolicies"]
     assert groups == ["readers"]
     assert [p["PolicyName"] for p in attached] == ["ReadOnlyAccess"]
-    assert iam.list_user_policies(UserName="alice")["PolicyNames"] == [least_privilege.INLINE_POLICY_NAME]
-    assert first["groups"][0]["joined"] is True and second["groups"][0]["joined"] is False
+    assert iam.list_user_policies(UserName="alice")["PolicyNames"] == [
+        least_privilege.INLINE_POLICY_NAME
+    ]
+    assert (
+        first["groups"][0]["joined"] is True and second["groups"][0]["joined"] is False
+    )
 
 
 @pytest.mark.parametrize(
     "user",
     [
-        {"name": "eve", "managed_policies": ["arn:aws:iam::aws:policy/AdministratorAccess"]},
-        {"name": "eve", "inline_policy": {"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}},
-        {"name": "eve", "inline_policy": {"Statement": [{"Effect": "Allow", "Action": ["iam:*"], "Resource": "*"}]}},
+        {
+            "name": "eve",
+            "managed_policies": ["arn:aws:iam::aws:policy/AdministratorAccess"],
+        },
+        {
+            "name": "eve",
+            "inline_policy": {
+                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]
+            },
+        },
+        {
+            "name": "eve",
+            "inline_policy": {
+                "Statement": [{"Effect": "Allow", "Action": ["iam:*"], "Resource": "*"}]
+            },
+        },
     ],
     ids=["managed-admin", "inline-star", "iam-star"],
 )
-def test_least_privilege_refuses_admin_without_allow_admin(kit: StepKit, user: dict[str, Any]) -> None:
+def test_least_privilege_refuses_admin_without_allow_admin(
+    kit: StepKit, user: dict[str, Any]
+) -> None:
     ctx = kit.context(user)
     created.run(ctx)
 
     with pytest.raises(PolicyRefused, match="allow_admin"):
         least_privilege.run(ctx)
 
-    assert kit.clients.iam.list_attached_user_policies(UserName="eve")["AttachedPolicies"] == []
+    assert (
+        kit.clients.iam.list_attached_user_policies(UserName="eve")["AttachedPolicies"]
+        == []
+    )
     assert kit.clients.iam.list_user_policies(UserName="eve")["PolicyNames"] == []
 
 
@@ -115,7 +155,9 @@ def test_least_privilege_grants_admin_with_a_recorded_reason(kit: StepKit) -> No
     assert detail["attached"] == ["arn:aws:iam::aws:policy/AdministratorAccess"]
 
 
-def test_mfa_enables_a_device_from_a_bytes_seed_kept_only_in_a_private_file(kit: StepKit) -> None:
+def test_mfa_enables_a_device_from_a_bytes_seed_kept_only_in_a_private_file(
+    kit: StepKit,
+) -> None:
     ctx = kit.context(ALICE)
     created.run(ctx)
 
@@ -128,7 +170,9 @@ def test_mfa_enables_a_device_from_a_bytes_seed_kept_only_in_a_private_file(kit:
     assert detail["device"].endswith(":mfa/alice")
     assert stat.S_IMODE(seed_file.stat().st_mode) == 0o600
     assert seed and seed not in json.dumps(detail)
-    attached = kit.clients.iam.list_attached_user_policies(UserName="alice")["AttachedPolicies"]
+    attached = kit.clients.iam.list_attached_user_policies(UserName="alice")[
+        "AttachedPolicies"
+    ]
     assert [p["PolicyName"] for p in attached] == [mfa.REQUIRE_MFA_POLICY]
 
 
@@ -157,11 +201,16 @@ def test_mfa_reuses_a_device_an_interrupted_run_left_unassigned(kit: StepKit) ->
 def test_mfa_replaces_a_leftover_device_whose_seed_was_lost(kit: StepKit) -> None:
     ctx = kit.context(ALICE)
     created.run(ctx)
-    orphan = kit.clients.iam.create_virtual_mfa_device(VirtualMFADeviceName="alice")["VirtualMFADevice"]
+    orphan = kit.clients.iam.create_virtual_mfa_device(VirtualMFADeviceName="alice")[
+        "VirtualMFADevice"
+    ]
 
     detail = mfa.run(ctx)
 
-    serials = [d["SerialNumber"] for d in kit.clients.iam.list_virtual_mfa_devices()["VirtualMFADevices"]]
+    serials = [
+        d["SerialNumber"]
+        for d in kit.clients.iam.list_virtual_mfa_devices()["VirtualMFADevices"]
+    ]
     assert serials == [detail["device"]]
     assert kit.secrets.read_mfa_seed("alice", detail["device"]) is not None
     assert orphan["SerialNumber"] == detail["device"]  # same name, a new device
@@ -184,7 +233,9 @@ def test_role_makes_role_and_profile_holding_exactly_it(kit: StepKit) -> None:
 
     iam = kit.clients.iam
     found = iam.get_role(RoleName="app-service-role")["Role"]
-    profile = iam.get_instance_profile(InstanceProfileName="app-service-role")["InstanceProfile"]
+    profile = iam.get_instance_profile(InstanceProfileName="app-service-role")[
+        "InstanceProfile"
+    ]
     trust = found["AssumeRolePolicyDocument"]
     assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
     assert [r["RoleName"] for r in profile["Roles"]] == ["app-service-role"]
@@ -194,26 +245,38 @@ def test_role_makes_role_and_profile_holding_exactly_it(kit: StepKit) -> None:
 
 def test_role_evicts_a_stranger_from_its_instance_profile(kit: StepKit) -> None:
     iam = kit.clients.iam
-    iam.create_role(RoleName="stranger", AssumeRolePolicyDocument=json.dumps(role.trust_policy("ec2.amazonaws.com")))
+    iam.create_role(
+        RoleName="stranger",
+        AssumeRolePolicyDocument=json.dumps(role.trust_policy("ec2.amazonaws.com")),
+    )
     iam.create_instance_profile(InstanceProfileName="app-service-role")
-    iam.add_role_to_instance_profile(InstanceProfileName="app-service-role", RoleName="stranger")
+    iam.add_role_to_instance_profile(
+        InstanceProfileName="app-service-role", RoleName="stranger"
+    )
     ctx = kit.context(APP)
     created.run(ctx)
 
     role.run(ctx)
 
-    profile = iam.get_instance_profile(InstanceProfileName="app-service-role")["InstanceProfile"]
+    profile = iam.get_instance_profile(InstanceProfileName="app-service-role")[
+        "InstanceProfile"
+    ]
     assert [r["RoleName"] for r in profile["Roles"]] == ["app-service-role"]
 
 
 def test_role_repairs_a_wrong_trust_policy(kit: StepKit) -> None:
-    kit.clients.iam.create_role(RoleName="app-service-role", AssumeRolePolicyDocument=json.dumps(role.trust_policy("lambda.amazonaws.com")))
+    kit.clients.iam.create_role(
+        RoleName="app-service-role",
+        AssumeRolePolicyDocument=json.dumps(role.trust_policy("lambda.amazonaws.com")),
+    )
     ctx = kit.context(APP)
     created.run(ctx)
 
     detail = role.run(ctx)
 
-    trust = kit.clients.iam.get_role(RoleName="app-service-role")["Role"]["AssumeRolePolicyDocument"]
+    trust = kit.clients.iam.get_role(RoleName="app-service-role")["Role"][
+        "AssumeRolePolicyDocument"
+    ]
     assert detail["action"] == "trust policy repaired"
     assert trust["Statement"][0]["Principal"]["Service"] == "ec2.amazonaws.com"
 
@@ -224,7 +287,9 @@ def test_role_is_skipped_for_users_without_a_service_role(kit: StepKit) -> None:
 
 
 def _stored_secret(kit: StepKit, user: str) -> dict[str, str]:
-    value = kit.clients.secretsmanager.get_secret_value(SecretId=kit.secrets.secret_name(user))
+    value = kit.clients.secretsmanager.get_secret_value(
+        SecretId=kit.secrets.secret_name(user)
+    )
     stored: dict[str, str] = json.loads(value["SecretString"])
     return stored
 
@@ -251,12 +316,20 @@ def test_rotated_frees_the_quota_held_by_a_stale_inactive_key(kit: StepKit) -> N
     old_inactive = iam.create_access_key(UserName="bot")["AccessKey"]["AccessKeyId"]
     iam.update_access_key(UserName="bot", AccessKeyId=old_inactive, Status="Inactive")
     old_active = iam.create_access_key(UserName="bot")["AccessKey"]
-    kit.secrets.save_access_key(kit.clients.secretsmanager, "bot", old_active["AccessKeyId"], old_active["SecretAccessKey"])
+    kit.secrets.save_access_key(
+        kit.clients.secretsmanager,
+        "bot",
+        old_active["AccessKeyId"],
+        old_active["SecretAccessKey"],
+    )
     ctx.now = lambda: datetime.now(UTC) + timedelta(days=120)
 
     detail = rotated.run(ctx)
 
-    keys = {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName="bot")["AccessKeyMetadata"]}
+    keys = {
+        k["AccessKeyId"]: k["Status"]
+        for k in iam.list_access_keys(UserName="bot")["AccessKeyMetadata"]
+    }
     assert detail["deleted"] == [old_inactive]
     assert keys == {old_active["AccessKeyId"]: "Inactive", detail["key_id"]: "Active"}
     assert _stored_secret(kit, "bot")["AccessKeyId"] == detail["key_id"]
@@ -288,8 +361,12 @@ def test_monitored_writes_the_bucket_policy_before_the_trail(kit: StepKit) -> No
     """Case 3: real AWS refuses create_trail on a bucket without this policy."""
     ctx = kit.context(ALICE)
     calls: list[str] = []
-    kit.clients.s3.meta.events.register("before-call.s3.PutBucketPolicy", lambda **_: calls.append("policy"))
-    kit.clients.cloudtrail.meta.events.register("before-call.cloudtrail.CreateTrail", lambda **_: calls.append("trail"))
+    kit.clients.s3.meta.events.register(
+        "before-call.s3.PutBucketPolicy", lambda **_: calls.append("policy")
+    )
+    kit.clients.cloudtrail.meta.events.register(
+        "before-call.cloudtrail.CreateTrail", lambda **_: calls.append("trail")
+    )
 
     detail = monitored.run(ctx)
 
@@ -300,8 +377,13 @@ def test_monitored_writes_the_bucket_policy_before_the_trail(kit: StepKit) -> No
     assert calls == ["policy", "trail"]
     assert by_sid["AWSCloudTrailAclCheck"]["Action"] == "s3:GetBucketAcl"
     assert by_sid["AWSCloudTrailAclCheck"]["Resource"] == f"arn:aws:s3:::{bucket}"
-    assert by_sid["AWSCloudTrailWrite"]["Resource"] == f"arn:aws:s3:::{bucket}/AWSLogs/{account}/*"
-    assert by_sid["AWSCloudTrailWrite"]["Principal"] == {"Service": "cloudtrail.amazonaws.com"}
+    assert (
+        by_sid["AWSCloudTrailWrite"]["Resource"]
+        == f"arn:aws:s3:::{bucket}/AWSLogs/{account}/*"
+    )
+    assert by_sid["AWSCloudTrailWrite"]["Principal"] == {
+        "Service": "cloudtrail.amazonaws.com"
+    }
 
 
 def test_monitored_starts_logging_and_leaves_a_sound_trail(kit: StepKit) -> None:
@@ -314,33 +396,59 @@ def test_monitored_starts_logging_and_leaves_a_sound_trail(kit: StepKit) -> None
     assert trail["IsMultiRegionTrail"] and trail["LogFileValidationEnabled"]
 
 
-def test_monitored_repairs_an_existing_stopped_single_region_trail(kit: StepKit) -> None:
+def test_monitored_repairs_an_existing_stopped_single_region_trail(
+    kit: StepKit,
+) -> None:
     ctx = kit.context(ALICE)
     monitored.run(ctx)
     cloudtrail = kit.clients.cloudtrail
-    cloudtrail.update_trail(Name="test-trail", IsMultiRegionTrail=False, EnableLogFileValidation=False)
+    cloudtrail.update_trail(
+        Name="test-trail", IsMultiRegionTrail=False, EnableLogFileValidation=False
+    )
     cloudtrail.stop_logging(Name="test-trail")
     ctx.account.verified.clear()
 
     detail = monitored.run(ctx)
 
     trail = cloudtrail.describe_trails(trailNameList=["test-trail"])["trailList"]
-    assert len(trail) == 1 and trail[0]["IsMultiRegionTrail"] and trail[0]["LogFileValidationEnabled"]
+    assert (
+        len(trail) == 1
+        and trail[0]["IsMultiRegionTrail"]
+        and trail[0]["LogFileValidationEnabled"]
+    )
     assert cloudtrail.get_trail_status(Name="test-trail")["IsLogging"] is True
-    assert "trail settings repaired" in detail["actions"] and "logging started" in detail["actions"]
+    assert (
+        "trail settings repaired" in detail["actions"]
+        and "logging started" in detail["actions"]
+    )
 
 
-def test_monitored_keeps_other_statements_of_an_existing_bucket_policy(kit: StepKit) -> None:
+def test_monitored_keeps_other_statements_of_an_existing_bucket_policy(
+    kit: StepKit,
+) -> None:
     ctx = kit.context(ALICE)
     bucket = monitored.bucket_name(ctx)
     kit.clients.s3.create_bucket(Bucket=bucket)
-    theirs = {"Sid": "Theirs", "Effect": "Deny", "Principal": "*", "Action": "s3:DeleteBucket", "Resource": f"arn:aws:s3:::{bucket}"}
-    kit.clients.s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [theirs]}))
+    theirs = {
+        "Sid": "Theirs",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:DeleteBucket",
+        "Resource": f"arn:aws:s3:::{bucket}",
+    }
+    kit.clients.s3.put_bucket_policy(
+        Bucket=bucket,
+        Policy=json.dumps({"Version": "2012-10-17", "Statement": [theirs]}),
+    )
 
     monitored.run(ctx)
 
     policy = json.loads(kit.clients.s3.get_bucket_policy(Bucket=bucket)["Policy"])
-    assert [s["Sid"] for s in policy["Statement"]] == ["Theirs", "AWSCloudTrailAclCheck", "AWSCloudTrailWrite"]
+    assert [s["Sid"] for s in policy["Statement"]] == [
+        "Theirs",
+        "AWSCloudTrailAclCheck",
+        "AWSCloudTrailWrite",
+    ]
 
 
 def _onboard(kit: StepKit, user: dict[str, Any]) -> Any:
@@ -372,7 +480,9 @@ def test_reviewed_fails_on_a_planted_second_active_key(kit: StepKit) -> None:
 def test_reviewed_reports_a_planted_admin_grant_and_a_removed_mfa(kit: StepKit) -> None:
     ctx = _onboard(kit, ALICE)
     iam = kit.clients.iam
-    iam.attach_user_policy(UserName="alice", PolicyArn="arn:aws:iam::aws:policy/AdministratorAccess")
+    iam.attach_user_policy(
+        UserName="alice", PolicyArn="arn:aws:iam::aws:policy/AdministratorAccess"
+    )
     serial = iam.list_mfa_devices(UserName="alice")["MFADevices"][0]["SerialNumber"]
     iam.deactivate_mfa_device(UserName="alice", SerialNumber=serial)
 
@@ -410,7 +520,9 @@ class _NotReadyIam:
         return getattr(self._inner, name)
 
 
-def test_reviewed_polls_until_the_credential_report_is_ready(kit: StepKit, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reviewed_polls_until_the_credential_report_is_ready(
+    kit: StepKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Case 7: the report can be in progress right after it is generated."""
     ctx = _onboard(kit, ALICE)
     monkeypatch.setattr(reviewed, "REPORT_WAIT_SECONDS", 0.0)
@@ -422,10 +534,14 @@ def test_reviewed_polls_until_the_credential_report_is_ready(kit: StepKit, monke
     assert wrapped.polls == 4 and detail["high"] == 0
 
 
-def test_reviewed_gives_up_after_bounded_polls(kit: StepKit, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reviewed_gives_up_after_bounded_polls(
+    kit: StepKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ctx = _onboard(kit, ALICE)
     monkeypatch.setattr(reviewed, "REPORT_WAIT_SECONDS", 0.0)
-    ctx.clients = type(ctx.clients)(**{**vars(ctx.clients), "iam": _NotReadyIam(kit.clients.iam, 99)})
+    ctx.clients = type(ctx.clients)(
+        **{**vars(ctx.clients), "iam": _NotReadyIam(kit.clients.iam, 99)}
+    )
 
     with pytest.raises(StepError) as caught:
         reviewed.run(ctx)

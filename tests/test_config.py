@@ -1,0 +1,176 @@
+"""Validation of workflows.yaml: every fault names file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from tests.conftest import load_file, write_workflows
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD_HEAD = """\
+version: 1
+workflows:
+  standard:
+    steps:
+      Created: create_user
+      LeastPrivilege: least_privilege
+      MFA: mfa
+      Role: service_role
+      Rotated: access_keys
+      Monitored: cloudtrail
+      Reviewed: review
+users:
+  - name: alice
+"""
+
+
+def _error_for(tmp_path: Path, text: str) -> ConfigError:
+    path = tmp_path / "workflows.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_file(path)
+    return caught.value
+
+
+def test_the_shipped_file_is_valid() -> None:
+    loaded = load_file(REPO / "workflows.yaml")
+
+    assert len(loaded.config.users) == 8
+    assert loaded.config.aws.sandbox is True
+
+
+def test_an_unknown_key_names_its_line_and_field(tmp_path: Path) -> None:
+    err = _error_for(tmp_path, GOOD_HEAD + "    colour: blue\n")
+
+    assert (err.line, err.field) == (14, "users[0].colour")
+    assert "unknown key" in str(err) and str(err).startswith(
+        f"{tmp_path / 'workflows.yaml'}:14:"
+    )
+
+
+def test_a_missing_field_names_the_mapping_that_lacks_it(tmp_path: Path) -> None:
+    err = _error_for(
+        tmp_path, GOOD_HEAD.replace("  - name: alice\n", "  - path: /x/\n")
+    )
+
+    assert (err.line, err.field) == (13, "users[0].name")
+    assert "required" in err.problem
+
+
+def test_an_unknown_step_lists_the_known_ones(tmp_path: Path) -> None:
+    err = _error_for(tmp_path, GOOD_HEAD.replace("MFA: mfa", "MFA: yubikey"))
+
+    assert (err.line, err.field) == (7, "workflows.standard.steps.MFA")
+    assert "unknown step 'yubikey'" in err.problem and "create_user" in err.problem
+
+
+def test_a_step_for_an_unknown_state_is_refused(tmp_path: Path) -> None:
+    err = _error_for(
+        tmp_path,
+        GOOD_HEAD.replace(
+            "      Reviewed: review\n",
+            "      Reviewed: review\n      Audited: review\n",
+        ),
+    )
+
+    assert err.field == "workflows.standard.steps.Audited" and err.line == 12
+    assert "unknown state" in err.problem
+
+
+def test_duplicate_user_names_are_refused_whatever_their_case(tmp_path: Path) -> None:
+    err = _error_for(tmp_path, GOOD_HEAD + "  - name: Alice\n")
+
+    assert (err.line, err.field) == (14, "users[1].name")
+    assert "duplicate user name" in err.problem
+
+
+def test_a_duplicate_yaml_key_is_refused_not_overwritten(tmp_path: Path) -> None:
+    """Case 8: plain loaders keep the last of two equal keys without a word."""
+    err = _error_for(
+        tmp_path,
+        GOOD_HEAD.replace(
+            "      MFA: mfa\n", "      MFA: mfa\n      MFA: create_user\n"
+        ),
+    )
+
+    assert err.line == 8 and "duplicate key 'MFA' (first on line 7)" in err.problem
+
+
+def test_a_tag_that_would_build_a_python_object_is_refused(tmp_path: Path) -> None:
+    err = _error_for(
+        tmp_path, GOOD_HEAD + "    path: !!python/object/apply:os.system ['true']\n"
+    )
+
+    assert err.line == 14 and "constructor" in err.problem
+
+
+def test_aliases_are_refused(tmp_path: Path) -> None:
+    bomb = "version: 1\na: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n"
+
+    err = _error_for(tmp_path, bomb)
+
+    assert err.line == 3 and "aliases" in err.problem
+
+
+def test_an_invalid_iam_user_name_is_refused_before_aws_is_called(
+    tmp_path: Path,
+) -> None:
+    err = _error_for(tmp_path, GOOD_HEAD.replace("name: alice", "name: al ice"))
+
+    assert (err.line, err.field) == (13, "users[0].name") and "IAM name" in err.problem
+
+
+def test_a_name_longer_than_iam_allows_is_refused(tmp_path: Path) -> None:
+    err = _error_for(tmp_path, GOOD_HEAD.replace("name: alice", f"name: {'a' * 65}"))
+
+    assert err.field == "users[0].name"
+
+
+def test_an_undefined_group_is_refused(tmp_path: Path) -> None:
+    path = write_workflows(tmp_path, users=[{"name": "bob", "groups": ["nobody"]}])
+
+    with pytest.raises(
+        ConfigError, match=r"users\[0\]\.groups\[0\]: unknown group 'nobody'"
+    ):
+        load_file(path)
+
+
+def test_a_wrong_type_says_what_was_expected(tmp_path: Path) -> None:
+    err = _error_for(tmp_path, GOOD_HEAD + "    programmatic_access: sometimes\n")
+
+    assert (err.line, err.field) == (
+        14,
+        "users[0].programmatic_access",
+    ) and "boolean" in err.problem
+
+
+def test_a_file_that_is_not_yaml_gives_one_line(tmp_path: Path) -> None:
+    err = _error_for(tmp_path, "version: 1\nusers: [unclosed\n")
+
+    assert err.line is not None and "\n" not in str(err)
+
+
+def test_a_missing_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_file(tmp_path / "absent.yaml")
+
+
+def test_the_workflow_hash_changes_with_the_definition(tmp_path: Path) -> None:
+    first = (
+        load_file(write_workflows(tmp_path))
+        .config.workflows["standard"]
+        .definition_hash()
+    )
+    steps = {"Created": "create_user", "Reviewed": "review"}
+    changed = write_workflows(
+        tmp_path,
+        workflows={"standard": {"states": ["Created", "Reviewed"], "steps": steps}},
+    )
+
+    second = load_file(changed).config.workflows["standard"].definition_hash()
+
+    assert first != second
