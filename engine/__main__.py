@@ -202,7 +202,7 @@ def _print_outcomes(outcomes: list[Outcome], fmt: str, quiet: bool) -> None:
         return
     out = Console()
     out.print(cli_output.outcomes_table(outcomes))
-    out.print(cli_output.summary_line(outcomes))
+    click.echo(cli_output.summary_line(outcomes))
 
 
 @cli.command()

@@ -1,0 +1,264 @@
+"""The command line: exit codes, messages, output formats, sandbox and moto server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from engine.__main__ import main
+from tests.conftest import BASE_DOC, write_workflows
+
+REPO = Path(__file__).resolve().parent.parent
+USERS = [
+    {"name": "alice", "groups": ["readers"]},
+    {"name": "bot", "mfa": "none", "programmatic_access": True},
+]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def sandbox_file(tmp_path: Path) -> Path:
+    return write_workflows(tmp_path, users=USERS, store={"path": "state/engine.db"})
+
+
+def test_run_onboards_everyone_then_has_nothing_to_do(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path
+) -> None:
+    code, out, err = run_cli(capsys, "run", str(sandbox_file))
+    assert code == 0, err
+    assert "SANDBOX" in err and "nothing real is touched" in err
+    assert "2 onboardings: 2 complete" in out
+
+    code, out, _ = run_cli(capsys, "run", str(sandbox_file))
+    assert code == 0 and "Nothing to do" in out
+
+
+def test_the_sandbox_keeps_its_state_between_runs(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path
+) -> None:
+    run_cli(capsys, "run", str(sandbox_file))
+    snapshot = sandbox_file.parent / "state" / "sandbox-aws.pickle"
+    assert snapshot.exists() and (snapshot.stat().st_mode & 0o777) == 0o600
+    (sandbox_file.parent / "state" / "engine.db").unlink()
+
+    code, out, _ = run_cli(capsys, "run", str(sandbox_file), "--format", "json")
+
+    created = json.loads(out)
+    assert code == 0 and all(item["status"] == "done" for item in created)
+    code, out, _ = run_cli(
+        capsys,
+        "history",
+        "-f",
+        str(sandbox_file),
+        "--state",
+        "Created",
+        "--format",
+        "json",
+    )
+    assert {row["detail"]["action"] for row in json.loads(out)} == {"adopted"}
+
+
+def test_history_json_lists_the_transitions(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path
+) -> None:
+    run_cli(capsys, "run", str(sandbox_file), "--quiet")
+
+    code, out, _ = run_cli(
+        capsys, "history", "-f", str(sandbox_file), "--user", "bot", "--format", "json"
+    )
+
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 7
+    assert {
+        "user",
+        "workflow",
+        "from_state",
+        "to_state",
+        "started_at",
+        "finished_at",
+        "outcome",
+        "error",
+    } <= set(rows[0])
+    assert rows[-1]["to_state"] == "Reviewed" and rows[-1]["user"] == "bot"
+
+
+def test_status_shows_the_tracker_columns(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path
+) -> None:
+    run_cli(capsys, "run", str(sandbox_file), "--quiet")
+
+    code, out, _ = run_cli(
+        capsys, "status", "-f", str(sandbox_file), "--format", "json"
+    )
+
+    rows = {row["user"]: row for row in json.loads(out)}
+    assert (
+        code == 0
+        and rows["alice"]["mfa"] == "alice"
+        and rows["bot"]["mfa"] == "not needed"
+    )
+    assert rows["bot"]["access_keys"].startswith("1 active") and rows["alice"][
+        "access_keys"
+    ].startswith("none")
+    assert (
+        rows["alice"]["permissions"] == "groups: readers"
+        and "logging" in rows["alice"]["monitoring"]
+    )
+
+
+def test_quiet_json_run_prints_only_json(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path
+) -> None:
+    code, out, err = run_cli(
+        capsys, "run", str(sandbox_file), "--quiet", "--format", "json"
+    )
+
+    assert code == 0 and err == ""
+    assert [item["user"] for item in json.loads(out)] == ["alice", "bot"]
+
+
+def test_an_invalid_file_exits_2_with_one_line_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write_workflows(
+        tmp_path,
+        users=[{"name": "alice", "mfa": "sms"}],
+        store={"path": "state/engine.db"},
+    )
+
+    code, out, err = run_cli(capsys, "run", str(path))
+
+    assert code == 2 and out == ""
+    assert (
+        err.count("\n") == 1
+        and err.startswith(f"error: {path}:")
+        and "users[0].mfa" in err
+    )
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_failed_onboarding_exits_1_and_names_the_user(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    users = [
+        {
+            "name": "eve",
+            "managed_policies": ["arn:aws:iam::aws:policy/AdministratorAccess"],
+        }
+    ]
+    path = write_workflows(tmp_path, users=users)
+
+    code, out, _ = run_cli(capsys, "run", str(path))
+
+    assert code == 1 and "Not finished: eve" in out and "PolicyRefused" in out
+
+
+def test_an_unreachable_endpoint_exits_3(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write_workflows(
+        tmp_path,
+        aws={"sandbox": False, "endpoint_url": "http://127.0.0.1:9", "max_attempts": 1},
+    )
+
+    code, _, err = run_cli(capsys, "run", str(path))
+
+    assert code == 3 and "cannot reach" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["run"], ["history"], ["status"], ["validate"], ["db"], ["db", "upgrade"]],
+)
+def test_every_command_has_help_with_an_example(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    code, out, _ = run_cli(capsys, *command, "--help")
+
+    assert code == 0 and "Usage:" in out and ("Example" in out or command == ["db"])
+
+
+def test_validate_checks_without_writing(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path
+) -> None:
+    code, out, _ = run_cli(capsys, "validate", str(sandbox_file))
+
+    assert code == 0 and "valid (2 users" in out
+    assert not (sandbox_file.parent / "state").exists()
+
+
+def test_an_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "run", "--colour")
+
+    assert code == 2 and "No such option" in err
+
+
+@pytest.fixture
+def moto_server() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def test_the_same_file_runs_against_a_moto_server_over_http(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, moto_server: str
+) -> None:
+    users = [
+        {"name": "bot", "mfa": "none", "programmatic_access": True},
+        {"name": "carol"},
+    ]
+    path = write_workflows(
+        tmp_path,
+        users=users,
+        aws={"sandbox": False, "endpoint_url": moto_server},
+        groups={},
+    )
+
+    code, out, err = run_cli(capsys, "run", str(path))
+
+    assert code == 0, out + err
+    assert f"endpoint {moto_server}" in err
+    code, out, _ = run_cli(capsys, "run", str(path))
+    assert "Nothing to do" in out
+
+
+def test_python_dash_m_engine_runs_the_shipped_file(tmp_path: Path) -> None:
+    for name in ("workflows.yaml",):
+        shutil.copy(REPO / name, tmp_path / name)
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "run",
+            "workflows.yaml",
+            "--quiet",
+            "--format",
+            "json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == 8
+    assert {item["state"] for item in json.loads(done.stdout)} == {"Reviewed"}
+    assert BASE_DOC["version"] == 1
