@@ -2,8 +2,9 @@
 
 The machine knows the states and the single trigger, ``advance``, that moves
 an onboarding one state forward. A Cursor is the model: it is attached to
-the shared machine for the time one onboarding is driven, then detached, so
-the machine never holds more than the onboardings in flight.
+the shared machine once for the time one onboarding is driven, then
+detached, so the machine never holds more than the onboardings in flight
+(bench/machine.py compares this with a Machine per onboarding).
 """
 
 from __future__ import annotations
@@ -25,12 +26,21 @@ class Cursor:
 
     state: str
 
-    def __init__(self, on_advance: Callable[[str, str], None]) -> None:
-        self._on_advance = on_advance
+    def __init__(self) -> None:
+        self.detail: dict[str, Any] = {}
+        self._work: Callable[[], dict[str, Any]] | None = None
 
-    def run_step(self, event: Any) -> None:
-        """Run the step that enters the destination state; raising aborts the move."""
-        self._on_advance(event.transition.source, event.transition.dest)
+    def load(self, work: Callable[[], dict[str, Any]]) -> None:
+        """Set the step to run on the next ``advance``."""
+        self._work = work
+        self.detail = {}
+
+    def run_step(self, _event: Any) -> None:
+        """Run the loaded step before the state changes; raising aborts the move."""
+        if self._work is None:
+            raise RuntimeError("advance fired with no step loaded")
+        work, self._work = self._work, None
+        self.detail = work()
 
 
 class WorkflowMachine:

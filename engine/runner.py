@@ -40,11 +40,6 @@ class Outcome:
     error: str | None = None
 
 
-@dataclass
-class _Attempt:
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
 ProgressHook = Callable[[str, str], None]
 
 
@@ -116,44 +111,49 @@ class Runner:
         on_step: ProgressHook | None,
     ) -> Outcome:
         outcome = Outcome(user.name, onboarding.state, onboarding.status)
-        while (dest := machine.next_state(onboarding.state)) is not None:
-            if on_step is not None:
-                on_step(user.name, dest)
-            onboarding = self._advance(user, machine, onboarding, dest)
-            if onboarding.status == FAILED:
-                outcome.error = f"{onboarding.last_error_code}: {onboarding.last_error}"
-                break
-            outcome.entered.append(dest)
+        cursor = Cursor()
+        with machine.attached(cursor, onboarding.state):
+            while (dest := machine.next_state(onboarding.state)) is not None:
+                if on_step is not None:
+                    on_step(user.name, dest)
+                onboarding = self._advance(user, machine, cursor, onboarding, dest)
+                if onboarding.status == FAILED:
+                    outcome.error = (
+                        f"{onboarding.last_error_code}: {onboarding.last_error}"
+                    )
+                    break
+                outcome.entered.append(dest)
         outcome.state, outcome.status = onboarding.state, onboarding.status
         return outcome
 
     def _advance(
-        self, user: UserConfig, machine: WorkflowMachine, current: Onboarding, dest: str
+        self,
+        user: UserConfig,
+        machine: WorkflowMachine,
+        cursor: Cursor,
+        current: Onboarding,
+        dest: str,
     ) -> Onboarding:
         in_doubt = current.pending_state == dest
         current = self.store.mark_started(current, dest)
         started = utcnow()
         context = self._context(user, machine.name, in_doubt)
         step = REGISTRY[self.loaded.config.workflows[machine.name].steps[dest]]
-        attempt = _Attempt()
-        context.log.info(
-            "step %s started%s",
-            dest,
-            " (reconciling an interrupted attempt)" if in_doubt else "",
-        )
-        cursor = Cursor(lambda _source, _dest: attempt.detail.update(step(context)))
+        note = " (reconciling an interrupted attempt)" if in_doubt else ""
+        context.log.info("step %s started%s", dest, note)
+        cursor.load(lambda: step(context))
         try:
-            with machine.attached(cursor, current.state):
-                machine.advance(cursor)
+            machine.advance(cursor)
         except StoreError:
             raise
-        except Exception as err:  # noqa: BLE001 - every failure is recorded, none is hidden
+        except Exception as err:  # noqa: BLE001 - every failure is recorded, none hidden
             return self._record_failure(context, current, dest, started, err)
+        detail = dict(cursor.detail)
         if in_doubt:
-            attempt.detail["reconciled_interrupted_attempt"] = True
+            detail["reconciled_interrupted_attempt"] = True
         status = DONE if dest == machine.final else RUNNING
         context.log.info("step %s finished", dest)
-        return self._record(current, dest, started, "ok", attempt.detail, status=status)
+        return self._record(current, dest, started, "ok", detail, status=status)
 
     def _record_failure(
         self,

@@ -11,9 +11,9 @@ from botocore.exceptions import ClientError
 from sqlalchemy import text
 
 from engine.aws import AwsTarget
+from engine.runner import Runner
 from engine.secrets import Redactor, SecretSink
 from engine.store import DONE, FAILED, START_STATE, Store
-from engine.runner import Runner
 from steps.base import AccountFacts, Clients
 from tests.conftest import load_file, write_workflows
 
