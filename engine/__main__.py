@@ -26,10 +26,11 @@ from rich.progress import (
 )
 from sqlalchemy.engine import make_url
 
-from engine import cli_output, config, store
+from engine import cli_output, config, operator, store
 from engine.aws import open_target
 from engine.errors import EngineError
-from engine.runner import Outcome, Runner
+from engine.faults import FaultPoints
+from engine.runner import Outcome, Runner, default_actor
 from engine.secrets import Redactor, SecretSink
 from steps import REGISTRY
 
@@ -44,6 +45,17 @@ EXIT_UNFINISHED, EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED =
 log = logging.getLogger("engine")
 REDACTOR = Redactor()
 FORMATS = click.Choice(["table", "json"])
+FILE_OPTION = click.option(
+    "-f",
+    "--file",
+    "path",
+    default="workflows.yaml",
+    show_default=True,
+    help="Workflows file that names the store.",
+)
+DB_OPTION = click.option(
+    "--db", help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB)."
+)
 
 
 class _OnboardingDefault(logging.Filter):
@@ -154,13 +166,16 @@ def run(workflows: str, db: str | None, fmt: str, quiet: bool) -> None:
         REDACTOR,
     )
     target = open_target(loaded.config.aws, _sandbox_file(loaded, url))
+    faults = FaultPoints.from_env()
+    for client in vars(target.clients).values():
+        faults.watch(client)
     err = Console(stderr=True)
     if not quiet:
         err.print(f"[bold]Target:[/bold] {target.description}")
         err.print(f"[bold]Store:[/bold] {engine_store.url}")
     try:
         outcomes = _run_with_progress(
-            Runner(loaded, engine_store, target, secrets),
+            Runner(loaded, engine_store, target, secrets, faults),
             len(loaded.config.users),
             quiet,
         )
@@ -168,7 +183,7 @@ def run(workflows: str, db: str | None, fmt: str, quiet: bool) -> None:
         target.close()
         engine_store.dispose()
     _print_outcomes(outcomes, fmt, quiet)
-    if any(item.status != "done" for item in outcomes):
+    if not all(item.settled for item in outcomes):
         raise SystemExit(EXIT_UNFINISHED)
 
 
@@ -206,17 +221,8 @@ def _print_outcomes(outcomes: list[Outcome], fmt: str, quiet: bool) -> None:
 
 
 @cli.command()
-@click.option(
-    "-f",
-    "--file",
-    "path",
-    default="workflows.yaml",
-    show_default=True,
-    help="Workflows file that names the store.",
-)
-@click.option(
-    "--db", help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB)."
-)
+@FILE_OPTION
+@DB_OPTION
 @click.option("--user", help="Only this user's transitions.")
 @click.option("--state", help="Only transitions into this state.")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
@@ -239,17 +245,8 @@ def history(
 
 
 @cli.command()
-@click.option(
-    "-f",
-    "--file",
-    "path",
-    default="workflows.yaml",
-    show_default=True,
-    help="Workflows file that names the store.",
-)
-@click.option(
-    "--db", help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB)."
-)
+@FILE_OPTION
+@DB_OPTION
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def status(path: str, db: str | None, fmt: str) -> None:
     """Show each user's current state and what the engine has set up for it.
@@ -268,6 +265,86 @@ def status(path: str, db: str | None, fmt: str) -> None:
         click.echo(json.dumps(rows, indent=2, default=str))
     else:
         Console().print(cli_output.status_table(rows))
+
+
+def _operator_options(command: Any) -> Any:
+    options = [
+        click.argument("user"),
+        click.option("--reason", required=True, help="Why; recorded in the history."),
+        click.option("--actor", default=None, help="Who; defaults to the OS user."),
+        FILE_OPTION,
+        DB_OPTION,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _report(onboarding: store.Onboarding, action: str) -> None:
+    click.echo(
+        f"{onboarding.user_name}: {action}; now {onboarding.state} "
+        f"({onboarding.status}). Run `python -m engine run FILE` to continue."
+    )
+
+
+@cli.command()
+@_operator_options
+def retry(user: str, reason: str, actor: str | None, path: str, db: str | None) -> None:
+    """Let USER's failed or cancelled onboarding run again, attempts reset.
+
+    \b
+    Example:
+      python -m engine retry ci-deployer --reason "quota raised by AWS support"
+    """
+    engine_store = _store_for_queries(db, path)
+    _report(
+        operator.retry(engine_store, user, actor or default_actor(), reason),
+        "retry recorded",
+    )
+
+
+@cli.command()
+@_operator_options
+def cancel(
+    user: str, reason: str, actor: str | None, path: str, db: str | None
+) -> None:
+    """Stop USER's onboarding; runs skip it until it is retried or reset.
+
+    \b
+    Example:
+      python -m engine cancel erin.mbeki --reason "offer withdrawn"
+    """
+    engine_store = _store_for_queries(db, path)
+    _report(
+        operator.cancel(engine_store, user, actor or default_actor(), reason),
+        "cancelled",
+    )
+
+
+@cli.command()
+@_operator_options
+@click.option(
+    "--to", "to_state", required=True, help="The earlier state to go back to."
+)
+def reset(
+    user: str, reason: str, actor: str | None, path: str, db: str | None, to_state: str
+) -> None:
+    """Move USER's onboarding back to an earlier state, so later steps run again.
+
+    \b
+    Example:
+      python -m engine reset ana.silva --to Created --reason "policy changed by hand"
+    """
+    loaded = _load(path)
+    engine_store = _open_store(db, loaded)
+    found = engine_store.onboarding(user)
+    workflow = loaded.config.workflows.get(found.workflow) if found else None
+    states = workflow.states if workflow else []
+    who = actor or default_actor()
+    _report(
+        operator.reset(engine_store, user, to_state, states, who, reason),
+        f"reset to {to_state}",
+    )
 
 
 @cli.command()
@@ -292,27 +369,16 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option(
-    "-f",
-    "--file",
-    "path",
-    default="workflows.yaml",
-    show_default=True,
-    help="Workflows file that names the store.",
-)
-@click.option(
-    "--db",
-    "db_url",
-    help="Database URL or SQLite path; overrides the file (env IAM_ENGINE_DB).",
-)
-def db_upgrade(path: str, db_url: str | None) -> None:
+@FILE_OPTION
+@DB_OPTION
+def db_upgrade(path: str, db: str | None) -> None:
     """Create or upgrade the schema to the newest revision.
 
     \b
     Example:
       python -m engine db upgrade --db state/onboarding.db
     """
-    engine_store = _store_for_queries(db_url, path)
+    engine_store = _store_for_queries(db, path)
     click.echo(f"schema of {engine_store.url} is at the newest revision")
 
 

@@ -20,7 +20,6 @@ from botocore.exceptions import (
 
 from engine.config import AwsConfig
 from engine.errors import AwsSetupError
-from engine.sandbox import Sandbox
 from steps.base import AccountFacts, Clients
 
 log = logging.getLogger(__name__)
@@ -55,6 +54,9 @@ def open_target(settings: AwsConfig, sandbox_file: Path) -> AwsTarget:
 
 
 def _open_sandbox(settings: AwsConfig, sandbox_file: Path) -> AwsTarget:
+    # moto takes a second to import; only sandbox runs should pay for it.
+    from engine.sandbox import Sandbox
+
     sandbox = Sandbox(sandbox_file, settings.region)
     sandbox.start()
     session = boto3.Session(

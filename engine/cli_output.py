@@ -33,15 +33,16 @@ def outcomes_json(outcomes: list[Outcome]) -> list[dict[str, Any]]:
 def summary_line(outcomes: list[Outcome]) -> str:
     """Return one sentence that says what the run did."""
     changed = [item for item in outcomes if item.entered]
-    unfinished = [item for item in outcomes if item.status != "done"]
+    unfinished = [item for item in outcomes if not item.settled]
+    cancelled = sum(item.status == "cancelled" for item in outcomes)
     if not changed and not unfinished:
         return (
-            f"Nothing to do: all {len(outcomes)} onboardings are already complete; "
-            "nothing was changed."
+            f"Nothing to do: all {len(outcomes)} onboardings are already complete"
+            f"{f' or cancelled ({cancelled})' if cancelled else ''}; nothing was changed."
         )
-    done = len(outcomes) - len(unfinished)
+    done = len(outcomes) - len(unfinished) - cancelled
     text = (
-        f"{len(outcomes)} onboardings: {done} complete, "
+        f"{len(outcomes)} onboardings: {done} complete, {cancelled} cancelled, "
         f"{len(unfinished)} not finished; {len(changed)} advanced this run."
     )
     if unfinished:

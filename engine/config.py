@@ -14,7 +14,7 @@ from engine import yamlsafe
 from engine.errors import ConfigError
 
 # IAM's own limits, checked here so that AWS is never asked with a bad name.
-IamName = Annotated[str, StringConstraints(pattern=r"^[\w+=,.@-]{1,64}$")]
+IamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+=,.@-]{1,64}$")]
 RoleName = IamName
 IamPath = Annotated[str, StringConstraints(pattern=r"^/([\x21-\x7e]{0,510}/)?$")]
 PolicyArn = Annotated[
@@ -119,6 +119,14 @@ class UserConfig(_Strict):
         return self.service_role.name or f"{self.name}-service-role"[:64]
 
 
+class RetryConfig(_Strict):
+    """How often a step that failed with a transient AWS error is tried again."""
+
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    base_delay_seconds: float = Field(default=1.0, ge=0, le=60)
+    max_delay_seconds: float = Field(default=30.0, ge=0, le=600)
+
+
 class WorkflowConfig(_Strict):
     """An ordered list of states and the step that takes an onboarding into each."""
 
@@ -127,6 +135,7 @@ class WorkflowConfig(_Strict):
     )
     steps: dict[str, str]
     key_max_age_days: int = Field(default=90, ge=1, le=3650)
+    retry: RetryConfig = RetryConfig()
 
     def definition_hash(self) -> str:
         """Return a short hash of the states and steps, to spot a changed definition."""

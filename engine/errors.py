@@ -4,6 +4,7 @@
     ├── ConfigError             workflows.yaml is unreadable or invalid (exit 2)
     ├── StoreError              the database cannot be opened or migrated (exit 3)
     ├── AwsSetupError           no usable AWS target: credentials, sandbox (exit 3)
+    ├── OperatorError           an operator command that cannot apply (exit 2)
     └── StepError               one step failed for one onboarding (exit 1)
         └── PolicyRefused       a policy grants more than the user entry allows
 
@@ -46,6 +47,12 @@ class AwsSetupError(EngineError):
     """The AWS target (sandbox, endpoint or account) cannot be used."""
 
     exit_code = 3
+
+
+class OperatorError(EngineError):
+    """An operator command (retry, cancel, reset) does not apply to this onboarding."""
+
+    exit_code = 2
 
 
 class StepError(EngineError):

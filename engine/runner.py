@@ -6,8 +6,8 @@ import getpass
 import json
 import logging
 import os
-import socket
-import uuid
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -16,11 +16,23 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from engine.aws import AwsTarget
-from engine.config import LoadedConfig, UserConfig
+from engine.config import LoadedConfig, RetryConfig, UserConfig
 from engine.errors import StepError, StoreError
+from engine.faults import FaultPoints
+from engine.leases import is_dead_here, make_owner
 from engine.machine import Cursor, WorkflowMachine
+from engine.retry import backoff_seconds, is_transient
 from engine.secrets import SecretSink
-from engine.store import DONE, FAILED, RUNNING, Onboarding, Store, Transition, utcnow
+from engine.store import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    RUNNING,
+    Onboarding,
+    Store,
+    Transition,
+    utcnow,
+)
 from steps import REGISTRY
 from steps.base import StepContext
 
@@ -39,6 +51,11 @@ class Outcome:
     entered: list[str] = field(default_factory=list)
     error: str | None = None
 
+    @property
+    def settled(self) -> bool:
+        """Tell whether nothing is left to do: complete, or cancelled by an operator."""
+        return self.status in (DONE, CANCELLED)
+
 
 ProgressHook = Callable[[str, str], None]
 
@@ -55,14 +72,22 @@ class Runner:
     """Drives every onboarding of a validated file against one AWS target."""
 
     def __init__(
-        self, loaded: LoadedConfig, store: Store, target: AwsTarget, secrets: SecretSink
+        self,
+        loaded: LoadedConfig,
+        store: Store,
+        target: AwsTarget,
+        secrets: SecretSink,
+        faults: FaultPoints | None = None,
     ) -> None:
         self.loaded = loaded
+        self.faults = faults or FaultPoints()
         self.store = store
         self.target = target
         self.secrets = secrets
         self.actor = default_actor()
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = make_owner()
+        self.rng = random.Random()
+        self.sleep: Callable[[float], None] = time.sleep
         config = loaded.config
         self.machines = {
             name: WorkflowMachine(name, wf) for name, wf in config.workflows.items()
@@ -78,11 +103,15 @@ class Runner:
         machine = self.machines[workflow]
         definition = self.loaded.config.workflows[workflow].definition_hash()
         onboarding = self.store.ensure_onboarding(user.name, workflow, definition)
-        if onboarding.status == DONE:
-            return Outcome(user.name, onboarding.state, DONE)
+        if onboarding.status in (DONE, CANCELLED):
+            return Outcome(user.name, onboarding.state, onboarding.status)
+        if self._gave_up(onboarding, workflow):
+            return Outcome(
+                user.name, onboarding.state, FAILED, error=_gave_up_message(onboarding)
+            )
         if not machine.knows(onboarding.state):
             return self._unknown_state(onboarding, machine)
-        if not self.store.claim(onboarding.id, self.owner, LEASE):
+        if not self._claim(onboarding):
             return Outcome(
                 user.name,
                 onboarding.state,
@@ -93,6 +122,23 @@ class Runner:
             return self._advance_all(user, machine, onboarding, on_step)
         finally:
             self.store.release(onboarding.id, self.owner)
+
+    def _gave_up(self, onboarding: Onboarding, workflow: str) -> bool:
+        limit = self.loaded.config.workflows[workflow].retry.max_attempts
+        return onboarding.status == FAILED and onboarding.attempts >= limit
+
+    def _claim(self, onboarding: Onboarding) -> bool:
+        if self.store.claim(onboarding.id, self.owner, LEASE):
+            return True
+        holder = self.store.lease_owner(onboarding.id)
+        if holder is None or not is_dead_here(holder):
+            return False
+        log.warning(
+            "taking over %s's lease from %s, which is no longer running",
+            onboarding.user_name,
+            holder,
+        )
+        return self.store.claim(onboarding.id, self.owner, LEASE, replacing=holder)
 
     def _unknown_state(
         self, onboarding: Onboarding, machine: WorkflowMachine
@@ -111,20 +157,42 @@ class Runner:
         on_step: ProgressHook | None,
     ) -> Outcome:
         outcome = Outcome(user.name, onboarding.state, onboarding.status)
+        retry = self.loaded.config.workflows[machine.name].retry
         cursor = Cursor()
         with machine.attached(cursor, onboarding.state):
             while (dest := machine.next_state(onboarding.state)) is not None:
                 if on_step is not None:
                     on_step(user.name, dest)
-                onboarding = self._advance(user, machine, cursor, onboarding, dest)
-                if onboarding.status == FAILED:
+                onboarding, transient = self._advance(
+                    user, machine, cursor, onboarding, dest
+                )
+                if onboarding.status != FAILED:
+                    outcome.entered.append(dest)
+                    continue
+                if not transient or onboarding.attempts >= retry.max_attempts:
                     outcome.error = (
                         f"{onboarding.last_error_code}: {onboarding.last_error}"
                     )
                     break
-                outcome.entered.append(dest)
+                self._wait_before_retry(onboarding, dest, retry)
         outcome.state, outcome.status = onboarding.state, onboarding.status
         return outcome
+
+    def _wait_before_retry(
+        self, onboarding: Onboarding, dest: str, retry: RetryConfig
+    ) -> None:
+        delay = backoff_seconds(onboarding.attempts, retry, self.rng)
+        log.warning(
+            "step %s of %s failed with %s (attempt %d of %d); trying again in %.1f s",
+            dest,
+            onboarding.user_name,
+            onboarding.last_error_code,
+            onboarding.attempts,
+            retry.max_attempts,
+            delay,
+            extra={"onboarding": onboarding.user_name},
+        )
+        self.sleep(delay)
 
     def _advance(
         self,
@@ -133,9 +201,9 @@ class Runner:
         cursor: Cursor,
         current: Onboarding,
         dest: str,
-    ) -> Onboarding:
+    ) -> tuple[Onboarding, bool]:
         in_doubt = current.pending_state == dest
-        current = self.store.mark_started(current, dest)
+        current = self.store.mark_started(current, dest, LEASE)
         started = utcnow()
         context = self._context(user, machine.name, in_doubt)
         step = REGISTRY[self.loaded.config.workflows[machine.name].steps[dest]]
@@ -147,13 +215,14 @@ class Runner:
         except StoreError:
             raise
         except Exception as err:  # noqa: BLE001 - every failure is recorded, none hidden
-            return self._record_failure(context, current, dest, started, err)
+            failed = self._record_failure(context, current, dest, started, err)
+            return failed, is_transient(err)
         detail = dict(cursor.detail)
         if in_doubt:
             detail["reconciled_interrupted_attempt"] = True
         status = DONE if dest == machine.final else RUNNING
         context.log.info("step %s finished", dest)
-        return self._record(current, dest, started, "ok", detail, status=status)
+        return self._record(current, dest, started, "ok", detail, status=status), False
 
     def _record_failure(
         self,
@@ -164,6 +233,11 @@ class Runner:
         err: Exception,
     ) -> Onboarding:
         code, message, detail = describe_failure(err)
+        detail = {
+            **detail,
+            "transient": is_transient(err),
+            "attempt": current.attempts + 1,
+        }
         context.log.error(
             "step %s failed: %s: %s",
             dest,
@@ -198,7 +272,10 @@ class Runner:
             error_code=code,
             error_message=self.secrets.redactor.mask(message) if message else None,
         )
-        return self.store.record(transition, status)
+        self.faults.hit(f"before-commit:{dest}")
+        recorded = self.store.record(transition, status)
+        self.faults.hit(f"after-commit:{dest}")
+        return recorded
 
     def _safe_detail(self, detail: dict[str, Any]) -> dict[str, Any]:
         if self.secrets.redactor.contains_secret(json.dumps(detail, default=str)):
@@ -222,6 +299,14 @@ class Runner:
             log=adapter,
             in_doubt=in_doubt,
         )
+
+
+def _gave_up_message(onboarding: Onboarding) -> str:
+    return (
+        f"gave up after {onboarding.attempts} attempts ({onboarding.last_error_code}: "
+        f"{onboarding.last_error}); fix the cause, then run "
+        f"`python -m engine retry {onboarding.user_name}`"
+    )
 
 
 def describe_failure(err: Exception) -> tuple[str, str, dict[str, Any]]:

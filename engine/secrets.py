@@ -99,11 +99,17 @@ class SecretSink:
         except ClientError as err:
             if err.response["Error"]["Code"] != "ResourceNotFoundException":
                 raise
-        created = sm.create_secret(
-            Name=name,
-            SecretString=value,
-            Description=f"Access key of IAM user {user}, kept by the onboarding engine",
-        )
+        try:
+            created = sm.create_secret(
+                Name=name,
+                SecretString=value,
+                Description=f"Access key of IAM user {user}, kept by the onboarding engine",
+            )
+        except ClientError as err:
+            # A retried call whose first response was lost finds the secret made.
+            if err.response["Error"]["Code"] != "ResourceExistsException":
+                raise
+            return str(sm.put_secret_value(SecretId=name, SecretString=value)["ARN"])
         return str(created["ARN"])
 
     def stored_key_id(self, sm: Any, user: str) -> str | None:

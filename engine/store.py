@@ -93,6 +93,8 @@ history = Table(
 
 START_STATE = "New"
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+CANCELLED = "cancelled"
+OPERATOR = "operator"
 
 
 def utcnow() -> datetime:
@@ -173,12 +175,19 @@ class Store:
         assert found is not None
         return found
 
-    def claim(self, onboarding_id: int, owner: str, ttl: timedelta) -> bool:
-        """Take the lease on an onboarding unless another live owner holds it."""
+    def claim(
+        self,
+        onboarding_id: int,
+        owner: str,
+        ttl: timedelta,
+        replacing: str | None = None,
+    ) -> bool:
+        """Take the lease unless another owner (other than ``replacing``) holds it."""
         now = utcnow()
         claimable = or_(
             onboardings.c.lease_owner.is_(None),
             onboardings.c.lease_owner == owner,
+            onboardings.c.lease_owner == replacing,
             onboardings.c.lease_expires_at < now,
         )
         statement = (
@@ -202,9 +211,37 @@ class Store:
         with self._begin() as conn:
             conn.execute(statement)
 
-    def mark_started(self, current: Onboarding, to_state: str) -> Onboarding:
-        """Persist that a step toward ``to_state`` is about to call AWS."""
-        values = {"pending_state": to_state, "status": RUNNING, "updated_at": utcnow()}
+    def lease_owner(self, onboarding_id: int) -> str | None:
+        """Return who holds the lease on an onboarding, if anyone."""
+        query = select(onboardings.c.lease_owner).where(
+            onboardings.c.id == onboarding_id
+        )
+        with self.engine.connect() as conn:
+            owner: str | None = conn.execute(query).scalar()
+        return owner
+
+    def live_lease(self, onboarding_id: int) -> str | None:
+        """Return the owner of an unexpired lease on an onboarding, if any."""
+        query = select(onboardings.c.lease_owner).where(
+            onboardings.c.id == onboarding_id,
+            onboardings.c.lease_owner.is_not(None),
+            onboardings.c.lease_expires_at >= utcnow(),
+        )
+        with self.engine.connect() as conn:
+            owner: str | None = conn.execute(query).scalar()
+        return owner
+
+    def mark_started(
+        self, current: Onboarding, to_state: str, lease: timedelta
+    ) -> Onboarding:
+        """Persist that a step toward ``to_state`` is to call AWS; renew the lease."""
+        now = utcnow()
+        values = {
+            "pending_state": to_state,
+            "status": RUNNING,
+            "updated_at": now,
+            "lease_expires_at": now + lease,
+        }
         with self._begin() as conn:
             self._bump(conn, current, values)
             found = self._find(conn, current.user_name)
@@ -332,7 +369,9 @@ def _onboarding_change(
             last_error_code=transition.error_code, last_error=transition.error_message
         )
         return change
-    change.update(state=transition.to_state, last_error_code=None, last_error=None)
+    change.update(state=transition.to_state, attempts=0)
+    if transition.outcome != OPERATOR or status != CANCELLED:
+        change.update(last_error_code=None, last_error=None)
     return change
 
 

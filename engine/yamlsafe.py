@@ -17,6 +17,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 from engine.errors import ConfigError
 
 MAX_BYTES = 1_000_000
+MAX_DEPTH = 32
 
 
 class LineDict(dict[str, Any]):
@@ -34,13 +35,28 @@ class LineList(list[Any]):
 
 
 class _StrictLoader(yaml.SafeLoader):
+    depth = 0
+
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise _located(
                 event.start_mark, "aliases (*name) are not allowed; write the value out"
             )
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:
+            raise _located(event.start_mark, f"nested deeper than {MAX_DEPTH} levels")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as err:
+            problem = f"unreadable value ({_one_line(str(err))})"
+            raise _located(node.start_mark, problem) from None
 
     def construct_mapping(  # type: ignore[override]
         self, node: MappingNode, deep: bool = False

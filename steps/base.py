@@ -13,6 +13,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from engine.config import LoadedConfig, UserConfig, WorkflowConfig
+from engine.errors import StepError
 from engine.secrets import SecretSink
 
 MANAGED_BY_TAG = ("onboarded-by", "iam-onboarding-engine")
@@ -115,11 +116,23 @@ def managed_policy_document(ctx: StepContext, arn: str) -> dict[str, Any]:
     if cached is not None:
         return cached
     iam = ctx.clients.iam
-    version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+    try:
+        version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+    except ClientError as err:
+        if is_code(err, "NoSuchEntity"):
+            raise _missing_policy(arn) from err
+        raise
     raw = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]
     document = as_document(raw["Document"])
     ctx.account.policy_documents[arn] = document
     return document
+
+
+def _missing_policy(arn: str) -> StepError:
+    hint = "check the ARN in the file"
+    if ":iam::aws:policy/" in arn:
+        hint += "; on a moto server, start it with MOTO_IAM_LOAD_MANAGED_POLICIES=true"
+    return StepError(f"policy {arn} does not exist; {hint}", code="NoSuchEntity")
 
 
 def iam_tags(tags: dict[str, str]) -> list[dict[str, str]]:

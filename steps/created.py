@@ -15,7 +15,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
     existing = _get_user(ctx)
     if existing is None:
         created = _create_user(ctx)
-        return {"user_arn": created["Arn"], "action": "created"}
+        if created is not None:
+            return {"user_arn": created["Arn"], "action": "created"}
+        existing = _get_user(ctx) or {}
 
     _check_ownership(ctx, existing)
     changed = _reconcile(ctx, existing)
@@ -32,7 +34,7 @@ def _get_user(ctx: StepContext) -> dict[str, Any] | None:
     return user
 
 
-def _create_user(ctx: StepContext) -> dict[str, Any]:
+def _create_user(ctx: StepContext) -> dict[str, Any] | None:
     request: dict[str, Any] = {
         "UserName": ctx.user.name,
         "Path": ctx.user.path,
@@ -40,7 +42,13 @@ def _create_user(ctx: StepContext) -> dict[str, Any]:
     }
     if ctx.user.permissions_boundary:
         request["PermissionsBoundary"] = ctx.user.permissions_boundary
-    created: dict[str, Any] = ctx.clients.iam.create_user(**request)["User"]
+    try:
+        created: dict[str, Any] = ctx.clients.iam.create_user(**request)["User"]
+    except ClientError as err:
+        # A retried call whose first response was lost finds the user it made.
+        if is_code(err, "EntityAlreadyExists"):
+            return None
+        raise
     return created
 
 

@@ -104,12 +104,19 @@ def _create_device(ctx: StepContext) -> tuple[str, str]:
 def _enable(ctx: StepContext, serial: str, seed: str) -> None:
     totp = pyotp.TOTP(seed)
     now = ctx.now()
-    ctx.clients.iam.enable_mfa_device(
-        UserName=ctx.user.name,
-        SerialNumber=serial,
-        AuthenticationCode1=totp.at(now - timedelta(seconds=30)),
-        AuthenticationCode2=totp.at(now),
-    )
+    try:
+        ctx.clients.iam.enable_mfa_device(
+            UserName=ctx.user.name,
+            SerialNumber=serial,
+            AuthenticationCode1=totp.at(now - timedelta(seconds=30)),
+            AuthenticationCode2=totp.at(now),
+        )
+    except ClientError as err:
+        # A retried call whose first response was lost finds the device enabled.
+        if not is_code(err, "EntityAlreadyExists") or serial not in _enabled_devices(
+            ctx
+        ):
+            raise
 
 
 def _ensure_policy(ctx: StepContext) -> str:

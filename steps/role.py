@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -71,24 +72,38 @@ def _ensure_role(
 ) -> dict[str, Any]:
     iam = ctx.clients.iam
     wanted = trust_policy(spec.service)
-    try:
+    role = _get(lambda: iam.get_role(RoleName=name)["Role"])
+    if role is None:
+        role = _get(
+            lambda: iam.create_role(
+                RoleName=name,
+                AssumeRolePolicyDocument=dumps(wanted),
+                Description=f"Service role of {ctx.user.name} for {spec.service}",
+                Tags=iam_tags({"service-of": ctx.user.name}),
+            )["Role"],
+            absent="EntityAlreadyExists",
+        )
+        if role is not None:
+            iam.get_waiter("role_exists").wait(RoleName=name)
+            return {"role_arn": role["Arn"], "action": "created"}
         role = iam.get_role(RoleName=name)["Role"]
-    except ClientError as err:
-        if not is_code(err, "NoSuchEntity"):
-            raise
-        role = iam.create_role(
-            RoleName=name,
-            AssumeRolePolicyDocument=dumps(wanted),
-            Description=f"Service role of {ctx.user.name} for {spec.service}",
-            Tags=iam_tags({"service-of": ctx.user.name}),
-        )["Role"]
-        iam.get_waiter("role_exists").wait(RoleName=name)
-        return {"role_arn": role["Arn"], "action": "created"}
 
     if as_document(role["AssumeRolePolicyDocument"]) != wanted:
         iam.update_assume_role_policy(RoleName=name, PolicyDocument=dumps(wanted))
         return {"role_arn": role["Arn"], "action": "trust policy repaired"}
     return {"role_arn": role["Arn"], "action": "adopted"}
+
+
+def _get(
+    call: Callable[[], dict[str, Any]], absent: str = "NoSuchEntity"
+) -> dict[str, Any] | None:
+    """Return what ``call`` returns, or None when it fails with ``absent``."""
+    try:
+        return call()
+    except ClientError as err:
+        if is_code(err, absent):
+            return None
+        raise
 
 
 def _attach_policies(ctx: StepContext, name: str, spec: ServiceRoleConfig) -> list[str]:

@@ -6,6 +6,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import boto3
 import pytest
 import yaml
 from moto import mock_aws
+from moto.server import ThreadedMotoServer
 from sqlalchemy import create_engine, text
 
 from engine import config as config_module
@@ -26,6 +28,7 @@ from steps.base import AccountFacts, Clients, StepContext
 PG_URL = os.environ.get(
     "IAM_ENGINE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+MANAGED_POLICIES_ENV = "MOTO_IAM_LOAD_MANAGED_POLICIES"
 MOTO_CONFIG = {"iam": {"load_aws_managed_policies": True}}
 
 
@@ -100,6 +103,24 @@ def store(store_url: str) -> Iterator[Store]:
     opened = open_store(store_url)
     yield opened
     opened.dispose()
+
+
+@contextmanager
+def moto_server_running() -> Iterator[str]:
+    """Run a moto server on 127.0.0.1 with AWS managed policies; yield its URL."""
+    previous = os.environ.get(MANAGED_POLICIES_ENV)
+    os.environ[MANAGED_POLICIES_ENV] = "true"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop(MANAGED_POLICIES_ENV, None)
+        else:
+            os.environ[MANAGED_POLICIES_ENV] = previous
 
 
 @pytest.fixture

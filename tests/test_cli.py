@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from engine.__main__ import main
-from tests.conftest import BASE_DOC, write_workflows
+from tests.conftest import BASE_DOC, moto_server_running, write_workflows
 
 REPO = Path(__file__).resolve().parent.parent
 USERS = [
@@ -39,7 +38,7 @@ def test_run_onboards_everyone_then_has_nothing_to_do(
     code, out, err = run_cli(capsys, "run", str(sandbox_file))
     assert code == 0, err
     assert "SANDBOX" in err and "nothing real is touched" in err
-    assert "2 onboardings: 2 complete" in out
+    assert "2 onboardings: 2 complete, 0 cancelled" in out
 
     code, out, _ = run_cli(capsys, "run", str(sandbox_file))
     assert code == 0 and "Nothing to do" in out
@@ -207,11 +206,8 @@ def test_an_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
 
 @pytest.fixture
 def moto_server() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_server_running() as url:
+        yield url
 
 
 def test_the_same_file_runs_against_a_moto_server_over_http(

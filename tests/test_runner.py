@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +179,9 @@ def test_a_step_left_in_doubt_is_reconciled_and_says_so(
         UserName="alice",
         Tags=[{"Key": "onboarded-by", "Value": "iam-onboarding-engine"}],
     )
-    store.mark_started(onboarding, "Created")  # the process died after this, mid-step
+    store.mark_started(
+        onboarding, "Created", timedelta(seconds=-1)
+    )  # the process died after this, mid-step
 
     runner.run()
 

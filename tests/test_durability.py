@@ -1,0 +1,321 @@
+"""Retries, persisted attempts, operator commands and two runners on one database."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+
+from engine.__main__ import main
+from engine.aws import build_clients
+from engine.config import AwsConfig
+from engine.store import CANCELLED, DONE, FAILED, PENDING, Store, open_store
+from steps.base import Clients
+from tests.conftest import moto_server_running, write_workflows
+from tests.test_runner import STATES, make_runner
+
+ERROR_XML = (
+    "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+    "<Message>{message}</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+)
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **_: Any) -> Any:
+        yield self._data
+
+
+def inject_iam_errors(
+    clients: Clients, code: str, rate: float, seed: int = 7, only: str | None = None
+) -> list[str]:
+    """Make IAM answer ``code`` (HTTP 400) to a share of calls; return the calls hit."""
+    rng = random.Random(seed)
+    hit: list[str] = []
+
+    def answer(request: Any, event_name: str, **_: Any) -> AWSResponse | None:
+        operation = event_name.rsplit(".", 1)[-1]
+        if (only and operation != only) or rng.random() >= rate:
+            return None
+        hit.append(operation)
+        request.url = "https://injected.invalid/"  # so that moto never acts on it
+        body = ERROR_XML.format(code=code, message=f"injected {code}").encode()
+        return AWSResponse(request.url, 400, {}, _Body(body))
+
+    clients.iam.meta.events.register("before-send.iam", answer)
+    return hit
+
+
+@pytest.fixture
+def few_retries(aws: Clients) -> Clients:
+    """Clients on the same moto whose botocore retries give up after 2 attempts."""
+    return build_clients(
+        boto3.Session(region_name="us-east-1"),
+        AwsConfig(max_attempts=2),
+        endpoint=False,
+    )
+
+
+def _retry_block(max_attempts: int = 6) -> dict[str, Any]:
+    return {
+        "max_attempts": max_attempts,
+        "base_delay_seconds": 0.0,
+        "max_delay_seconds": 0.0,
+    }
+
+
+def _runner(
+    tmp_path: Path,
+    store: Store,
+    clients: Clients,
+    users: list[dict[str, Any]],
+    retry: dict[str, Any],
+) -> Any:
+    runner = make_runner(tmp_path, store, clients, users)
+    workflow = runner.loaded.config.workflows["standard"]
+    patched = workflow.model_copy(
+        update={"retry": workflow.retry.model_copy(update=retry)}
+    )
+    runner.loaded.config.workflows["standard"] = patched
+    runner.sleep = lambda _seconds: None
+    return runner
+
+
+def test_a_fifth_of_calls_throttled_and_every_onboarding_still_finishes(
+    tmp_path: Path, store: Store, few_retries: Clients
+) -> None:
+    hit = inject_iam_errors(few_retries, "Throttling", rate=0.2)
+    users = [{"name": f"user{i}", "groups": ["readers"]} for i in range(4)] + [
+        {"name": "bot", "mfa": "none", "programmatic_access": True}
+    ]
+
+    outcomes = _runner(tmp_path, store, few_retries, users, _retry_block(8)).run()
+
+    assert len(hit) > 20
+    assert [o.status for o in outcomes] == [DONE] * len(users)
+    retried = [r for r in store.history() if r["outcome"] == "failed"]
+    assert retried and all(
+        r["error_code"] == "Throttling" and r["detail"]["transient"] for r in retried
+    )
+
+
+def test_a_permanent_error_stops_at_once_with_the_aws_code(
+    tmp_path: Path, store: Store, few_retries: Clients
+) -> None:
+    inject_iam_errors(few_retries, "AccessDenied", rate=1.0, only="CreateUser")
+
+    outcome = _runner(
+        tmp_path, store, few_retries, [{"name": "alice"}], _retry_block()
+    ).run()[0]
+
+    onboarding = store.onboarding("alice")
+    assert onboarding is not None and (onboarding.status, onboarding.attempts) == (
+        FAILED,
+        1,
+    )
+    assert outcome.error is not None and outcome.error.startswith(
+        "AccessDenied: AWS CreateUser failed"
+    )
+
+
+def test_attempts_survive_a_restart_and_the_engine_gives_up(
+    tmp_path: Path, store: Store, few_retries: Clients
+) -> None:
+    hit = inject_iam_errors(
+        few_retries, "ServiceUnavailable", rate=1.0, only="CreateUser"
+    )
+    _runner(tmp_path, store, few_retries, [{"name": "alice"}], _retry_block(3)).run()
+    calls = len(hit)
+
+    outcome = _runner(
+        tmp_path, store, few_retries, [{"name": "alice"}], _retry_block(3)
+    ).run()[0]
+
+    onboarding = store.onboarding("alice")
+    assert onboarding is not None and onboarding.attempts == 3
+    assert len(hit) == calls, "a run after giving up must not call AWS again"
+    assert (
+        outcome.error is not None
+        and "gave up after 3 attempts" in outcome.error
+        and "retry alice" in outcome.error
+    )
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_operator_commands_are_recorded_with_actor_and_reason(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    users = [
+        {
+            "name": "eve",
+            "managed_policies": ["arn:aws:iam::aws:policy/AdministratorAccess"],
+        }
+    ]
+    path = write_workflows(tmp_path, users=users)
+    assert _cli(capsys, "run", str(path))[0] == 1
+
+    assert (
+        _cli(
+            capsys,
+            "cancel",
+            "eve",
+            "-f",
+            str(path),
+            "--reason",
+            "offer withdrawn",
+            "--actor",
+            "hr",
+        )[0]
+        == 0
+    )
+    assert "Nothing to do" in _cli(capsys, "run", str(path))[1]
+    code, out, _ = _cli(
+        capsys, "retry", "eve", "-f", str(path), "--reason", "offer back on"
+    )
+    assert code == 0 and "now Created (pending)" in out
+    code, out, _ = _cli(
+        capsys, "reset", "eve", "--to", "New", "-f", str(path), "--reason", "start over"
+    )
+    assert code == 0
+
+    code, out, _ = _cli(capsys, "history", "-f", str(path), "--format", "json")
+    operator_rows = [
+        (r["trigger"], r["actor"], r["detail"]["reason"], r["to_state"])
+        for r in json.loads(out)
+        if r["outcome"] == "operator"
+    ]
+    assert operator_rows[0] == ("cancel", "hr", "offer withdrawn", "Created")
+    assert [row[0] for row in operator_rows] == ["cancel", "retry", "reset"]
+    assert operator_rows[2][3] == "New"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["retry", "ghost", "--reason", "x"], "no onboarding for user ghost"),
+        (["reset", "eve", "--to", "Reviewed", "--reason", "x"], "only goes back"),
+        (
+            ["reset", "eve", "--to", "Nowhere", "--reason", "x"],
+            "not a state of workflow",
+        ),
+        (["retry", "eve"], "Missing option '--reason'"),
+    ],
+)
+def test_operator_commands_refuse_what_does_not_apply(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    path = write_workflows(
+        tmp_path,
+        users=[
+            {
+                "name": "eve",
+                "managed_policies": ["arn:aws:iam::aws:policy/AdministratorAccess"],
+            }
+        ],
+    )
+    _cli(capsys, "run", str(path))
+
+    code, _, err = _cli(capsys, *args, "-f", str(path))
+
+    assert code == 2 and message in err
+    if not message.startswith("Missing"):
+        assert err.count("\n") == 1
+
+
+def test_cancel_and_retry_change_what_run_does(
+    tmp_path: Path, store: Store, aws: Clients
+) -> None:
+    from engine import operator
+
+    store.ensure_onboarding("alice", "standard", "h")
+    operator.cancel(store, "alice", "ops", "on hold")
+    assert (
+        make_runner(tmp_path, store, aws, [{"name": "alice"}]).run()[0].status
+        == CANCELLED
+    )
+
+    after = operator.retry(store, "alice", "ops", "go")
+
+    assert after.status == PENDING
+    assert (
+        make_runner(tmp_path, store, aws, [{"name": "alice"}]).run()[0].status == DONE
+    )
+
+
+def _spawn(path: Path, db: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "run",
+            str(path),
+            "--db",
+            db,
+            "--quiet",
+            "--format",
+            "json",
+        ],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_two_runners_on_one_database_make_each_transition_once(
+    tmp_path: Path, store_url: str
+) -> None:
+    users = [{"name": f"user{i:02}", "mfa": "none"} for i in range(16)]
+    with moto_server_running() as endpoint:
+        path = write_workflows(
+            tmp_path, users=users, aws={"sandbox": False, "endpoint_url": endpoint}
+        )
+        runners = [_spawn(path, store_url) for _ in range(2)]
+        results = [runner.communicate(timeout=300) for runner in runners]
+        final = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "run",
+                str(path),
+                "--db",
+                store_url,
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    assert all(runner.returncode in (0, 1) for runner in runners), results
+    assert final.returncode == 0, final.stderr
+    store = open_store(store_url)
+    rows = store.history()
+    store.dispose()
+    for user in users:
+        entered = [
+            r["to_state"]
+            for r in rows
+            if r["user_name"] == user["name"] and r["outcome"] == "ok"
+        ]
+        assert entered == STATES, (user["name"], entered)
+    assert {r["outcome"] for r in rows} == {"ok"}
