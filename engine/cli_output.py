@@ -36,9 +36,10 @@ def summary_line(outcomes: list[Outcome]) -> str:
     unfinished = [item for item in outcomes if not item.settled]
     cancelled = sum(item.status == "cancelled" for item in outcomes)
     if not changed and not unfinished:
+        also = f" or cancelled ({cancelled})" if cancelled else ""
         return (
             f"Nothing to do: all {len(outcomes)} onboardings are already complete"
-            f"{f' or cancelled ({cancelled})' if cancelled else ''}; nothing was changed."
+            f"{also}; nothing was changed."
         )
     done = len(outcomes) - len(unfinished) - cancelled
     text = (

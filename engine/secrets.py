@@ -103,7 +103,7 @@ class SecretSink:
             created = sm.create_secret(
                 Name=name,
                 SecretString=value,
-                Description=f"Access key of IAM user {user}, kept by the onboarding engine",
+                Description=f"Access key of IAM user {user}, kept by the engine",
             )
         except ClientError as err:
             # A retried call whose first response was lost finds the secret made.
