@@ -115,10 +115,19 @@ def _open_store(db: str | None, loaded: config.LoadedConfig | None) -> store.Sto
     return store.open_store(url)
 
 
-def _store_for_queries(db: str | None, path: str) -> store.Store:
-    needs_file = db is None and store.DB_ENV not in os.environ
+def _store_for_queries(
+    db: str | None, path: str, must_exist: bool = True
+) -> store.Store:
+    needs_file = not db and not os.environ.get(store.DB_ENV)
     loaded = _load(path) if needs_file else None
-    return _open_store(db, loaded)
+    url = store.resolve_url(db, loaded.database_url() if loaded else None)
+    return store.open_store(url, must_exist=must_exist)
+
+
+def _stdout() -> Console:
+    console = Console()
+    # Piped output has no width of its own; keep table rows on one line.
+    return console if console.is_terminal else Console(width=max(console.width, 200))
 
 
 def _sandbox_file(loaded: config.LoadedConfig, url: str) -> Path:
@@ -129,7 +138,7 @@ def _sandbox_file(loaded: config.LoadedConfig, url: str) -> Path:
 
 
 @cli.command()
-@click.argument("workflows", type=click.Path(dir_okay=False))
+@click.argument("workflows")
 @click.option(
     "--db",
     help="Database URL or SQLite path (default: the file's store; env IAM_ENGINE_DB).",
@@ -155,7 +164,7 @@ def run(workflows: str, db: str | None, fmt: str, quiet: bool) -> None:
     Example:
       python -m engine run workflows.yaml
       python -m engine run workflows.yaml --format json --quiet
-      python -m engine run workflows.yaml --db postgresql+psycopg://localhost/test
+      python -m engine run workflows.yaml --db postgresql+psycopg://user@dbhost/iam
     """
     loaded = _load(workflows)
     url = store.resolve_url(db, loaded.database_url())
@@ -215,8 +224,7 @@ def _print_outcomes(outcomes: list[Outcome], fmt: str, quiet: bool) -> None:
         return
     if quiet:
         return
-    out = Console()
-    out.print(cli_output.outcomes_table(outcomes))
+    _stdout().print(cli_output.outcomes_table(outcomes))
     click.echo(cli_output.summary_line(outcomes))
 
 
@@ -233,7 +241,7 @@ def history(
 
     \b
     Example:
-      python -m engine history --user alice
+      python -m engine history --user ana.silva
       python -m engine history --state Reviewed --format json
     """
     engine_store = _store_for_queries(db, path)
@@ -241,7 +249,7 @@ def history(
     if fmt == "json":
         click.echo(json.dumps(cli_output.history_json(rows), indent=2))
     else:
-        Console().print(cli_output.history_table(rows))
+        _stdout().print(cli_output.history_table(rows))
 
 
 @cli.command()
@@ -264,7 +272,7 @@ def status(path: str, db: str | None, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2, default=str))
     else:
-        Console().print(cli_output.status_table(rows))
+        _stdout().print(cli_output.status_table(rows))
 
 
 def _operator_options(command: Any) -> Any:
@@ -348,7 +356,7 @@ def reset(
 
 
 @cli.command()
-@click.argument("workflows", type=click.Path(dir_okay=False))
+@click.argument("workflows")
 def validate(workflows: str) -> None:
     """Check WORKFLOWS without running anything or touching the database.
 
@@ -365,7 +373,12 @@ def validate(workflows: str) -> None:
 
 @cli.group()
 def db() -> None:
-    """Manage the database schema (it is also upgraded whenever the engine opens it)."""
+    """Manage the database schema (it is also upgraded whenever the engine opens it).
+
+    \b
+    Example:
+      python -m engine db upgrade --db postgresql+psycopg://user@dbhost/iam
+    """
 
 
 @db.command("upgrade")
@@ -378,7 +391,7 @@ def db_upgrade(path: str, db: str | None) -> None:
     Example:
       python -m engine db upgrade --db state/onboarding.db
     """
-    engine_store = _store_for_queries(db, path)
+    engine_store = _store_for_queries(db, path, must_exist=False)
     click.echo(f"schema of {engine_store.url} is at the newest revision")
 
 
@@ -393,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         err.show()
         return EXIT_INPUT
     except click.exceptions.Abort:
-        return EXIT_INTERRUPTED
+        return _fail(
+            "interrupted; run the same command again to resume", EXIT_INTERRUPTED, debug
+        )
     except SystemExit as stop:
         return int(stop.code or 0)
     except EngineError as err:

@@ -61,13 +61,16 @@ HISTORY_COLUMNS = (
     "started_at",
     "finished_at",
     "error_code",
-    "error",
+    "error_message",
 )
 
 
 def history_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Return history rows with the names the JSON output documents."""
-    return [{**row, "user": row["user_name"]} for row in rows]
+    renamed = {"user_name": "user", "error_message": "error"}
+    return [
+        {renamed.get(key, key): value for key, value in row.items()} for row in rows
+    ]
 
 
 def history_table(rows: list[dict[str, Any]]) -> Table:
@@ -91,7 +94,7 @@ def tracker(onboarding: Onboarding, rows: Iterable[dict[str, Any]]) -> dict[str,
         "attempts": onboarding.attempts,
         "iam_user": _iam_user(details.get("Created")),
         "permissions": _permissions(details.get("LeastPrivilege")),
-        "mfa": _action(details.get("MFA"), "device"),
+        "mfa": _mfa(details.get("MFA")),
         "access_keys": _keys(details.get("Rotated")),
         "roles": _action(details.get("Role"), "role_arn"),
         "monitoring": _monitoring(details.get("Monitored")),
@@ -115,6 +118,14 @@ def _permissions(detail: dict[str, Any] | None) -> str:
     return "; ".join(parts) or "none"
 
 
+def _mfa(detail: dict[str, Any] | None) -> str:
+    if detail is None:
+        return "-"
+    if detail.get("action") == "skipped":
+        return "not needed"
+    return f"enabled ({str(detail.get('device', '')).rsplit('/', 1)[-1]})"
+
+
 def _action(detail: dict[str, Any] | None, key: str) -> str:
     if detail is None:
         return "-"
@@ -128,7 +139,7 @@ def _keys(detail: dict[str, Any] | None) -> str:
     if detail is None:
         return "-"
     if detail.get("action") == "skipped":
-        return "none (not declared)"
+        return "none (no programmatic access)"
     return f"1 active ({detail.get('key_id')}, {detail.get('action')})"
 
 

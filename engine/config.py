@@ -8,10 +8,20 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine import yamlsafe
 from engine.errors import ConfigError
+from engine.policies import admin_grant
 
 # IAM's own limits, checked here so that AWS is never asked with a bad name.
 IamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+=,.@-]{1,64}$")]
@@ -22,7 +32,66 @@ PolicyArn = Annotated[
 ]
 TagKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 TagValue = Annotated[str, StringConstraints(max_length=256)]
-PolicyDocument = dict[str, Any]
+Region = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")]
+MAX_TAGS = 50
+# Well-known AWS managed policies that grant admin-style access.
+ADMIN_POLICY_ARNS = frozenset(
+    {
+        "arn:aws:iam::aws:policy/AdministratorAccess",
+        "arn:aws:iam::aws:policy/IAMFullAccess",
+    }
+)
+# What the user should read when a value does not match its field's pattern.
+PATTERN_HINTS = {
+    "name": "not a valid IAM name (1-64 ASCII letters, digits and +=,.@_-)",
+    "path": "an IAM path starts and ends with / (for example /people/)",
+    "region": "not an AWS region name (for example us-east-1)",
+    "service": "a service principal such as ec2.amazonaws.com",
+    "trail_name": "3-128 letters, digits, periods, underscores or dashes",
+    "bucket": "not a valid S3 bucket name (3-63 lowercase letters, digits, . and -)",
+}
+ARN_HINT = "not a policy ARN (for example arn:aws:iam::aws:policy/ReadOnlyAccess)"
+
+
+class _Statement(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    Sid: str | None = None
+    Effect: Literal["Allow", "Deny"]
+    Action: str | list[str] | None = None
+    NotAction: str | list[str] | None = None
+    Resource: str | list[str] | None = None
+    NotResource: str | list[str] | None = None
+    Condition: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> _Statement:
+        if (self.Action is None) == (self.NotAction is None):
+            raise ValueError("a statement needs exactly one of Action or NotAction")
+        if (self.Resource is None) == (self.NotResource is None):
+            raise ValueError("a statement needs exactly one of Resource or NotResource")
+        return self
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    Version: Literal["2012-10-17", "2008-10-17"] = "2012-10-17"
+    Id: str | None = None
+    Statement: list[_Statement] | _Statement
+
+
+def _check_document(document: dict[str, Any]) -> dict[str, Any]:
+    try:
+        _Document.model_validate(document)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = _dotted(tuple(first["loc"])) or "document"
+        raise ValueError(f"policy document {where}: {first['msg']}") from None
+    return document
+
+
+PolicyDocument = Annotated[dict[str, Any], AfterValidator(_check_document)]
 
 DEFAULT_STATES = [
     "Created",
@@ -36,7 +105,7 @@ DEFAULT_STATES = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class StoreConfig(_Strict):
@@ -50,7 +119,7 @@ class AwsConfig(_Strict):
     """The AWS target: the in-process sandbox, an endpoint, or a real account."""
 
     sandbox: bool = False
-    region: str = "us-east-1"
+    region: Region = "us-east-1"
     profile: str | None = None
     endpoint_url: str | None = None
     max_attempts: int = Field(default=8, ge=1, le=20)
@@ -102,7 +171,7 @@ class UserConfig(_Strict):
     name: IamName
     workflow: str | None = None
     path: IamPath = "/"
-    tags: dict[TagKey, TagValue] = {}
+    tags: dict[TagKey, TagValue] = Field(default={}, max_length=MAX_TAGS)
     permissions_boundary: PolicyArn | None = None
     groups: list[str] = []
     managed_policies: list[PolicyArn] = []
@@ -148,7 +217,15 @@ class WorkflowConfig(_Strict):
 class Config(_Strict):
     """The whole validated file."""
 
-    version: Literal[1]
+    version: int
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only version 1 exists; write version: 1")
+        return value
+
     store: StoreConfig = StoreConfig()
     aws: AwsConfig = AwsConfig()
     secrets: SecretsConfig = SecretsConfig()
@@ -206,13 +283,26 @@ def _first_error(name: str, document: Any, err: ValidationError) -> ConfigError:
 
 
 def _explain(error: Any) -> str:
-    if error["type"] == "extra_forbidden":
+    kind = error["type"]
+    if kind == "extra_forbidden":
         return "unknown key; check its spelling against the README"
-    if error["type"] == "missing":
+    if kind == "missing":
         return "required field is missing"
-    if error["type"] == "string_pattern_mismatch" and "name" in map(str, error["loc"]):
-        return "not a valid IAM name (1-64 of letters, digits and +=,.@_-)"
-    return str(error["msg"])
+    if kind == "string_pattern_mismatch":
+        return _pattern_hint(error["loc"])
+    if kind == "string_type":
+        return f"expected text, got {error['input']!r}; put the value in quotes"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _pattern_hint(location: tuple[int | str, ...]) -> str:
+    fields = [part for part in location if isinstance(part, str)]
+    if fields and fields[-1] in PATTERN_HINTS:
+        return PATTERN_HINTS[fields[-1]]
+    if any("polic" in part or "boundary" in part for part in fields):
+        return ARN_HINT
+    return "value has the wrong form; see the README"
 
 
 def _dotted(location: tuple[int | str, ...]) -> str:
@@ -284,6 +374,8 @@ def _check_user(
             (*where, "workflow"),
             "required when the file has several workflows",
         )
+    if user.allow_admin is None:
+        _check_admin(name, doc, user, where)
     if user.workflow is not None and user.workflow not in config.workflows:
         _fail(
             name,
@@ -299,6 +391,19 @@ def _check_user(
                 (*where, "groups", index),
                 f"unknown group '{group}'; define it under groups:",
             )
+
+
+def _check_admin(name: str, doc: Any, user: UserConfig, where: tuple[Any, ...]) -> None:
+    for index, arn in enumerate(user.managed_policies):
+        if arn in ADMIN_POLICY_ARNS:
+            _fail(name, doc, (*where, "managed_policies", index), _ADMIN_REFUSED)
+    if user.inline_policy is not None and admin_grant(user.inline_policy):
+        _fail(name, doc, (*where, "inline_policy"), _ADMIN_REFUSED)
+
+
+_ADMIN_REFUSED = (
+    "grants admin-style access; remove it, or add allow_admin with a reason"
+)
 
 
 def _fail(name: str, doc: Any, location: tuple[Any, ...], problem: str) -> None:

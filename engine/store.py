@@ -30,6 +30,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
     or_,
     select,
@@ -38,9 +39,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import (
     ArgumentError,
+    DatabaseError,
     IntegrityError,
     NoSuchModuleError,
-    OperationalError,
     SQLAlchemyError,
 )
 
@@ -265,9 +266,9 @@ class Store:
             return self._find(conn, user)
 
     def all_onboardings(self) -> list[Onboarding]:
-        """Return every onboarding, by user name."""
+        """Return every onboarding, oldest first (the file's order on a first run)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(onboardings).order_by(onboardings.c.user_name))
+            rows = conn.execute(select(onboardings).order_by(onboardings.c.id))
             return [_onboarding(row._mapping) for row in rows]
 
     def history(
@@ -275,12 +276,18 @@ class Store:
     ) -> list[dict[str, Any]]:
         """Return history rows, oldest first, filtered by user and/or state entered."""
         query = select(history).order_by(history.c.id)
-        if user is not None:
-            query = query.where(history.c.user_name == user)
         if state is not None:
             query = query.where(history.c.to_state == state)
         with self.engine.connect() as conn:
+            if user is not None:
+                query = query.where(history.c.user_name == self._exact_name(conn, user))
             return [_history_dict(row._mapping) for row in conn.execute(query)]
+
+    def _exact_name(self, conn: Connection, user: str) -> str:
+        # IAM names ignore case; find the spelling stored, then use the index.
+        lowered = func.lower(onboardings.c.user_name) == user.lower()
+        found = conn.execute(select(onboardings.c.user_name).where(lowered)).scalar()
+        return str(found) if found is not None else user
 
     def dispose(self) -> None:
         """Close every pooled connection."""
@@ -321,14 +328,14 @@ class _translated:
     def __enter__(self) -> Connection:
         try:
             conn: Connection = self._context.__enter__()
-        except OperationalError as err:
+        except DatabaseError as err:
             raise StoreError(f"cannot reach the database: {_short(err)}") from err
         return conn
 
     def __exit__(self, *exc: Any) -> bool:
         try:
             return bool(self._context.__exit__(*exc))
-        except OperationalError as err:
+        except DatabaseError as err:
             raise StoreError(f"the database refused a write: {_short(err)}") from err
 
 
@@ -385,7 +392,6 @@ def _history_dict(row: Any) -> dict[str, Any]:
     item["detail"] = json.loads(item["detail"])
     for key in ("started_at", "finished_at"):
         item[key] = item[key].replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
-    item["error"] = item["error_message"]
     return item
 
 
@@ -399,13 +405,29 @@ def resolve_url(cli_value: str | None, file_url: str | None) -> str:
     return chosen if "://" in chosen else f"sqlite:///{Path(chosen).resolve()}"
 
 
-def open_store(url: str, migrate: bool = True) -> Store:
+def open_store(url: str, migrate: bool = True, must_exist: bool = False) -> Store:
     """Open (and by default migrate to head) the database at ``url``."""
+    if must_exist:
+        _check_exists(url)
     engine = _create_engine(url)
     store = Store(engine)
     if migrate:
         upgrade(store)
     return store
+
+
+def _check_exists(url: str) -> None:
+    parsed = make_url(url)
+    database = parsed.database
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and database
+        and not Path(database).exists()
+    ):
+        raise StoreError(
+            f"no database at {database}; run `python -m engine run FILE` first, "
+            "or pass the right --db"
+        )
 
 
 def _create_engine(url: str) -> Engine:
@@ -457,7 +479,7 @@ def _run_alembic(store: Store, action: Any, revision: str) -> None:
         with store.engine.begin() as conn:
             config.attributes["connection"] = conn
             action(config, revision)
-    except OperationalError as err:
+    except DatabaseError as err:
         raise StoreError(
             f"cannot open the database {store.url}: {_short(err)}"
         ) from err

@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 
 from engine.config import LoadedConfig, UserConfig, WorkflowConfig
 from engine.errors import StepError
+from engine.policies import admin_grant as admin_grant
 from engine.secrets import SecretSink
 
 MANAGED_BY_TAG = ("onboarded-by", "iam-onboarding-engine")
@@ -88,26 +89,6 @@ def as_document(document: Any) -> dict[str, Any]:
 def dumps(document: dict[str, Any]) -> str:
     """Serialise a policy document the same way every time."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"))
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def admin_grant(document: dict[str, Any]) -> str | None:
-    """Return why a policy document is admin-style, or None when it is not."""
-    for statement in _as_list(document.get("Statement", [])):
-        if not isinstance(statement, dict) or statement.get("Effect") != "Allow":
-            continue
-        resources = _as_list(statement.get("Resource", []))
-        if "NotAction" in statement:
-            return "a statement allows NotAction, which grants everything not listed"
-        actions = _as_list(statement.get("Action", []))
-        if "*" in actions and "*" in resources:
-            return "a statement allows action * on resource *"
-        if "iam:*" in actions:
-            return "a statement allows iam:*, which lets the user grant itself anything"
-    return None
 
 
 def managed_policy_document(ctx: StepContext, arn: str) -> dict[str, Any]:

@@ -105,7 +105,7 @@ def test_status_shows_the_tracker_columns(
     rows = {row["user"]: row for row in json.loads(out)}
     assert (
         code == 0
-        and rows["alice"]["mfa"] == "alice"
+        and rows["alice"]["mfa"] == "enabled (alice)"
         and rows["bot"]["mfa"] == "not needed"
     )
     assert rows["bot"]["access_keys"].startswith("1 active") and rows["alice"][
@@ -154,7 +154,7 @@ def test_a_failed_onboarding_exits_1_and_names_the_user(
     users = [
         {
             "name": "eve",
-            "managed_policies": ["arn:aws:iam::aws:policy/AdministratorAccess"],
+            "managed_policies": ["arn:aws:iam::aws:policy/PowerUserAccess"],
         }
     ]
     path = write_workflows(tmp_path, users=users)

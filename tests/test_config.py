@@ -174,3 +174,85 @@ def test_the_workflow_hash_changes_with_the_definition(tmp_path: Path) -> None:
     second = load_file(changed).config.workflows["standard"].definition_hash()
 
     assert first != second
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "    managed_policies: [arn:aws:iam::aws:policy/AdministratorAccess]\n",
+        "    inline_policy: {Statement: [{Effect: Allow, Action: '*', Resource: '*'}]}\n",
+        "    inline_policy: {Statement: [{Effect: Allow, Action: ['iam:*'], Resource: '*'}]}\n",
+    ],
+    ids=["managed-admin", "inline-star", "iam-star"],
+)
+def test_an_admin_grant_without_allow_admin_is_refused_before_running(
+    tmp_path: Path, entry: str
+) -> None:
+    err = _error_for(tmp_path, GOOD_HEAD + entry)
+
+    assert err.line == 14 and "allow_admin" in err.problem
+
+
+def test_an_admin_grant_with_a_reason_is_accepted(tmp_path: Path) -> None:
+    text = (
+        GOOD_HEAD
+        + "    managed_policies: [arn:aws:iam::aws:policy/AdministratorAccess]\n    allow_admin: {reason: break-glass administrator}\n"
+    )
+    path = tmp_path / "workflows.yaml"
+    path.write_text(text)
+
+    assert load_file(path).config.users[0].allow_admin is not None
+
+
+@pytest.mark.parametrize(
+    ("entry", "field", "words"),
+    [
+        (
+            "    inline_policy: {Statement: [{Effect: Maybe, Action: s3:GetObject, Resource: '*'}]}\n",
+            "users[0].inline_policy",
+            "Effect",
+        ),
+        (
+            "    inline_policy: {Statement: [{Effect: Allow, Resource: '*'}]}\n",
+            "users[0].inline_policy",
+            "Action or NotAction",
+        ),
+        ("    path: people\n", "users[0].path", "starts and ends with /"),
+        (
+            "    managed_policies: [ReadOnlyAccess]\n",
+            "users[0].managed_policies[0]",
+            "not a policy ARN",
+        ),
+        (
+            "    tags: {cost-center: 4100}\n",
+            "users[0].tags.cost-center",
+            "put the value in quotes",
+        ),
+        (
+            "    tags: {" + ", ".join(f"k{i}: v" for i in range(51)) + "}\n",
+            "users[0].tags",
+            "at most 50",
+        ),
+    ],
+    ids=["effect", "no-action", "path", "arn", "unquoted-number", "too-many-tags"],
+)
+def test_field_errors_say_what_the_value_should_be(
+    tmp_path: Path, entry: str, field: str, words: str
+) -> None:
+    err = _error_for(tmp_path, GOOD_HEAD + entry)
+
+    assert err.field == field and words in err.problem and "pattern" not in err.problem
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("version: 1", "version: true", "version"),
+        ("version: 1", "version: 2", "version"),
+        ("workflows:", "aws: {region: mars-1}\nworkflows:", "aws.region"),
+    ],
+)
+def test_loose_values_are_refused(
+    tmp_path: Path, old: str, new: str, field: str
+) -> None:
+    assert _error_for(tmp_path, GOOD_HEAD.replace(old, new, 1)).field == field

@@ -163,7 +163,7 @@ def test_operator_commands_are_recorded_with_actor_and_reason(
     users = [
         {
             "name": "eve",
-            "managed_policies": ["arn:aws:iam::aws:policy/AdministratorAccess"],
+            "managed_policies": ["arn:aws:iam::aws:policy/PowerUserAccess"],
         }
     ]
     path = write_workflows(tmp_path, users=users)
@@ -224,7 +224,7 @@ def test_operator_commands_refuse_what_does_not_apply(
         users=[
             {
                 "name": "eve",
-                "managed_policies": ["arn:aws:iam::aws:policy/AdministratorAccess"],
+                "managed_policies": ["arn:aws:iam::aws:policy/PowerUserAccess"],
             }
         ],
     )

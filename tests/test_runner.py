@@ -41,9 +41,12 @@ USERS: list[dict[str, Any]] = [
 class CrashAfter:
     """An AWS client that raises once, right after ``operation`` has taken effect."""
 
-    def __init__(self, inner: Any, operation: str) -> None:
+    def __init__(
+        self, inner: Any, operation: str, code: str = "ServiceUnavailable"
+    ) -> None:
         self._inner = inner
         self._operation = operation
+        self._code = code
         self.crashed = False
 
     def __getattr__(self, name: str) -> Any:
@@ -54,9 +57,7 @@ class CrashAfter:
         def crash_after(**kwargs: Any) -> Any:
             real(**kwargs)
             self.crashed = True
-            error = {
-                "Error": {"Code": "ServiceUnavailable", "Message": "connection lost"}
-            }
+            error = {"Error": {"Code": self._code, "Message": "connection lost"}}
             raise ClientError(error, self._operation)  # type: ignore[arg-type]
 
         return crash_after
@@ -69,7 +70,9 @@ def make_runner(
     account = AccountFacts(clients.sts.get_caller_identity()["Account"], "us-east-1")
     target = AwsTarget(clients, account, "in-process moto")
     secrets = SecretSink(folder / "secrets", "test/", Redactor())
-    return Runner(loaded, store, target, secrets)
+    runner = Runner(loaded, store, target, secrets)
+    runner.sleep = lambda _seconds: None
+    return runner
 
 
 def test_a_full_run_takes_every_user_to_reviewed(
@@ -107,7 +110,7 @@ def test_one_user_failing_does_not_stop_the_others(
     users = [
         {
             "name": "eve",
-            "managed_policies": ["arn:aws:iam::aws:policy/AdministratorAccess"],
+            "managed_policies": ["arn:aws:iam::aws:policy/PowerUserAccess"],
         },
         *USERS,
     ]
@@ -130,27 +133,49 @@ def test_one_user_failing_does_not_stop_the_others(
     assert all(outcomes[u["name"]].status == DONE for u in USERS)
 
 
-def test_a_failure_inside_a_step_resumes_without_duplicates(
-    tmp_path: Path, store: Store, aws: Clients
-) -> None:
-    crashing = CrashAfter(aws.iam, "create_access_key")
-    first = make_runner(tmp_path, store, replace(aws, iam=crashing)).run()
-    bot = next(o for o in first if o.user == "bot")
-    assert crashing.crashed and (bot.state, bot.status) == ("Role", FAILED)
-
-    second = {o.user: o for o in make_runner(tmp_path, store, aws).run()}
-
+def _assert_one_stored_active_key(aws: Clients) -> None:
     keys = aws.iam.list_access_keys(UserName="bot")["AccessKeyMetadata"]
     stored = json.loads(
         aws.secretsmanager.get_secret_value(SecretId="test/bot/access-key")[
             "SecretString"
         ]
     )
-    assert second["bot"].status == DONE and second["bot"].entered[0] == "Rotated"
     assert [k["AccessKeyId"] for k in keys if k["Status"] == "Active"] == [
         stored["AccessKeyId"]
     ]
     assert len(keys) <= 2
+
+
+def test_a_transient_failure_inside_a_step_is_retried_in_the_same_run(
+    tmp_path: Path, store: Store, aws: Clients
+) -> None:
+    crashing = CrashAfter(aws.iam, "create_access_key")
+
+    outcomes = {
+        o.user: o
+        for o in make_runner(tmp_path, store, replace(aws, iam=crashing)).run()
+    }
+
+    assert crashing.crashed and outcomes["bot"].status == DONE
+    _assert_one_stored_active_key(aws)
+    assert [r["outcome"] for r in store.history(user="bot", state="Rotated")] == [
+        "failed",
+        "ok",
+    ]
+
+
+def test_a_failure_inside_a_step_resumes_on_the_next_run_without_duplicates(
+    tmp_path: Path, store: Store, aws: Clients
+) -> None:
+    crashing = CrashAfter(aws.iam, "create_access_key", code="AccessDenied")
+    first = make_runner(tmp_path, store, replace(aws, iam=crashing)).run()
+    bot = next(o for o in first if o.user == "bot")
+    assert crashing.crashed and (bot.state, bot.status) == ("Role", FAILED)
+
+    second = {o.user: o for o in make_runner(tmp_path, store, aws).run()}
+
+    assert second["bot"].status == DONE and second["bot"].entered[0] == "Rotated"
+    _assert_one_stored_active_key(aws)
     assert [r["outcome"] for r in store.history(user="bot", state="Rotated")] == [
         "failed",
         "ok",
@@ -160,7 +185,7 @@ def test_a_failure_inside_a_step_resumes_without_duplicates(
 def test_an_mfa_step_cut_after_creating_the_device_resumes_with_one_device(
     tmp_path: Path, store: Store, aws: Clients
 ) -> None:
-    crashing = CrashAfter(aws.iam, "create_virtual_mfa_device")
+    crashing = CrashAfter(aws.iam, "create_virtual_mfa_device", code="AccessDenied")
     make_runner(tmp_path, store, replace(aws, iam=crashing), USERS[:1]).run()
 
     outcomes = make_runner(tmp_path, store, aws, USERS[:1]).run()

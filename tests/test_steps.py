@@ -102,32 +102,32 @@ def test_least_privilege_joins_groups_and_is_idempotent(kit: StepKit) -> None:
     )
 
 
+ADMIN_GROUPS = {
+    "admins": {"managed_policies": ["arn:aws:iam::aws:policy/AdministratorAccess"]},
+    "stars": {
+        "inline_policy": {
+            "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]
+        }
+    },
+}
+
+
 @pytest.mark.parametrize(
     "user",
     [
         {
             "name": "eve",
-            "managed_policies": ["arn:aws:iam::aws:policy/AdministratorAccess"],
+            "managed_policies": ["arn:aws:iam::aws:policy/PowerUserAccess"],
         },
-        {
-            "name": "eve",
-            "inline_policy": {
-                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]
-            },
-        },
-        {
-            "name": "eve",
-            "inline_policy": {
-                "Statement": [{"Effect": "Allow", "Action": ["iam:*"], "Resource": "*"}]
-            },
-        },
+        {"name": "eve", "groups": ["admins"]},
+        {"name": "eve", "groups": ["stars"]},
     ],
-    ids=["managed-admin", "inline-star", "iam-star"],
+    ids=["managed-notaction", "group-managed-admin", "group-inline-star"],
 )
 def test_least_privilege_refuses_admin_without_allow_admin(
     kit: StepKit, user: dict[str, Any]
 ) -> None:
-    ctx = kit.context(user)
+    ctx = kit.context(user, groups=ADMIN_GROUPS)
     created.run(ctx)
 
     with pytest.raises(PolicyRefused, match="allow_admin"):

@@ -118,7 +118,7 @@ def test_a_failure_records_the_error_and_counts_the_attempt(store: Store) -> Non
 
     row = store.history(user="alice")[0]
     assert (after.state, after.status, after.attempts) == (START_STATE, FAILED, 1)
-    assert (after.last_error_code, row["error_code"], row["error"]) == (
+    assert (after.last_error_code, row["error_code"], row["error_message"]) == (
         "AccessDenied",
         "AccessDenied",
         "no",
