@@ -157,7 +157,14 @@ def _sandbox_file(loaded: config.LoadedConfig, url: str) -> Path:
     is_flag=True,
     help="No progress bar, banner or summary table; only errors.",
 )
-def run(workflows: str, db: str | None, fmt: str, quiet: bool) -> None:
+@click.option(
+    "--adopt-definition",
+    is_flag=True,
+    help="Continue onboardings whose workflow changed under them, from their state.",
+)
+def run(
+    workflows: str, db: str | None, fmt: str, quiet: bool, adopt_definition: bool
+) -> None:
     """Run every onboarding in WORKFLOWS, resuming unfinished ones where they stopped.
 
     \b
@@ -184,7 +191,7 @@ def run(workflows: str, db: str | None, fmt: str, quiet: bool) -> None:
         err.print(f"[bold]Store:[/bold] {engine_store.url}")
     try:
         outcomes = _run_with_progress(
-            Runner(loaded, engine_store, target, secrets, faults),
+            Runner(loaded, engine_store, target, secrets, faults, adopt_definition),
             len(loaded.config.users),
             quiet,
         )
@@ -347,10 +354,9 @@ def reset(
     engine_store = _open_store(db, loaded)
     found = engine_store.onboarding(user)
     workflow = loaded.config.workflows.get(found.workflow) if found else None
-    states = workflow.states if workflow else []
     who = actor or default_actor()
     _report(
-        operator.reset(engine_store, user, to_state, states, who, reason),
+        operator.reset(engine_store, user, to_state, workflow, who, reason),
         f"reset to {to_state}",
     )
 

@@ -206,12 +206,19 @@ class WorkflowConfig(_Strict):
     key_max_age_days: int = Field(default=90, ge=1, le=3650)
     retry: RetryConfig = RetryConfig()
 
+    def definition(self) -> str:
+        """Return the states and steps as canonical JSON, as onboardings keep it."""
+        return json.dumps({"states": self.states, "steps": self.steps}, sort_keys=True)
+
     def definition_hash(self) -> str:
         """Return a short hash of the states and steps, to spot a changed definition."""
-        canonical = json.dumps(
-            {"states": self.states, "steps": self.steps}, sort_keys=True
-        )
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return hashlib.sha256(self.definition().encode()).hexdigest()[:16]
+
+    def remaining(self, state: str) -> list[tuple[str, str]]:
+        """Return the (state, step) pairs still ahead of an onboarding in ``state``."""
+        order = ["New", *self.states]
+        ahead = order[order.index(state) + 1 :] if state in order else []
+        return [(name, self.steps[name]) for name in ahead]
 
 
 class Config(_Strict):

@@ -7,6 +7,7 @@ transaction as the onboarding's change, with who did it and why.
 
 from __future__ import annotations
 
+from engine.config import WorkflowConfig
 from engine.errors import OperatorError
 from engine.store import (
     CANCELLED,
@@ -41,11 +42,18 @@ def cancel(store: Store, user: str, actor: str, reason: str) -> Onboarding:
 
 
 def reset(
-    store: Store, user: str, to: str, states: list[str], actor: str, reason: str
+    store: Store,
+    user: str,
+    to: str,
+    workflow: WorkflowConfig | None,
+    actor: str,
+    reason: str,
 ) -> Onboarding:
-    """Move an onboarding back to ``to`` so the steps after it run again."""
+    """Move an onboarding back to ``to`` under the file's definition of its workflow."""
     current = _find(store, user)
-    order = [START_STATE, *states]
+    if workflow is None:
+        raise OperatorError(f"workflow {current.workflow} of {user} is not in the file")
+    order = [START_STATE, *workflow.states]
     if to not in order:
         raise OperatorError(
             f"{to} is not a state of workflow {current.workflow}; "
@@ -55,7 +63,11 @@ def reset(
         raise OperatorError(
             f"{user} is at {current.state}; reset only goes back, not forward to {to}"
         )
-    return _act(store, current, "reset", to, PENDING, actor, reason)
+    adopt = {
+        "definition_hash": workflow.definition_hash(),
+        "definition": workflow.definition(),
+    }
+    return _act(store, current, "reset", to, PENDING, actor, reason, adopt)
 
 
 def _find(store: Store, user: str) -> Onboarding:
@@ -75,6 +87,7 @@ def _act(
     status: str,
     actor: str,
     reason: str,
+    also: dict[str, str] | None = None,
 ) -> Onboarding:
     holder = store.live_lease(current.id)
     if holder is not None:
@@ -91,4 +104,4 @@ def _act(
         outcome=OPERATOR,
         detail={"reason": reason, "status": status},
     )
-    return store.record(transition, status)
+    return store.record(transition, status, also)

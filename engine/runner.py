@@ -16,7 +16,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from engine.aws import AwsTarget
-from engine.config import LoadedConfig, RetryConfig, UserConfig
+from engine.config import LoadedConfig, RetryConfig, UserConfig, WorkflowConfig
 from engine.errors import StepError, StoreError
 from engine.faults import FaultPoints
 from engine.leases import is_dead_here, make_owner
@@ -27,7 +27,9 @@ from engine.store import (
     CANCELLED,
     DONE,
     FAILED,
+    OPERATOR,
     RUNNING,
+    START_STATE,
     Onboarding,
     Store,
     Transition,
@@ -78,9 +80,11 @@ class Runner:
         target: AwsTarget,
         secrets: SecretSink,
         faults: FaultPoints | None = None,
+        adopt_definitions: bool = False,
     ) -> None:
         self.loaded = loaded
         self.faults = faults or FaultPoints()
+        self.adopt_definitions = adopt_definitions
         self.store = store
         self.target = target
         self.secrets = secrets
@@ -101,16 +105,23 @@ class Runner:
         """Advance one onboarding from its persisted state to the end or a failure."""
         workflow = self.loaded.config.workflow_of(user)
         machine = self.machines[workflow]
-        definition = self.loaded.config.workflows[workflow].definition_hash()
-        onboarding = self.store.ensure_onboarding(user.name, workflow, definition)
+        spec = self.loaded.config.workflows[workflow]
+        onboarding = self.store.ensure_onboarding(
+            user.name, workflow, spec.definition_hash(), spec.definition()
+        )
         if onboarding.status in (DONE, CANCELLED):
             return Outcome(user.name, onboarding.state, onboarding.status)
+        if onboarding.definition_hash != spec.definition_hash():
+            problem = definition_change(onboarding, spec)
+            if problem and not (
+                self.adopt_definitions and machine.knows(onboarding.state)
+            ):
+                return Outcome(user.name, onboarding.state, FAILED, error=problem)
+            onboarding = self._adopt(onboarding, spec, problem)
         if self._gave_up(onboarding, workflow):
             return Outcome(
                 user.name, onboarding.state, FAILED, error=_gave_up_message(onboarding)
             )
-        if not machine.knows(onboarding.state):
-            return self._unknown_state(onboarding, machine)
         if not self._claim(onboarding):
             return Outcome(
                 user.name,
@@ -140,14 +151,32 @@ class Runner:
         )
         return self.store.claim(onboarding.id, self.owner, LEASE, replacing=holder)
 
-    def _unknown_state(
-        self, onboarding: Onboarding, machine: WorkflowMachine
-    ) -> Outcome:
-        message = (
-            f"its state {onboarding.state} is not in workflow {machine.name} any more; "
-            "the definition changed since it started, so the engine does not guess"
+    def _adopt(
+        self, onboarding: Onboarding, spec: WorkflowConfig, problem: str | None
+    ) -> Onboarding:
+        why = (
+            "adopted with --adopt-definition"
+            if problem
+            else "remaining states unchanged"
         )
-        return Outcome(onboarding.user_name, onboarding.state, FAILED, error=message)
+        transition = Transition(
+            onboarding=onboarding,
+            to_state=onboarding.state,
+            trigger="definition-changed",
+            actor=self.actor,
+            started_at=utcnow(),
+            outcome=OPERATOR,
+            detail={
+                "reason": why,
+                "from_hash": onboarding.definition_hash,
+                "to_hash": spec.definition_hash(),
+            },
+        )
+        also = {
+            "definition_hash": spec.definition_hash(),
+            "definition": spec.definition(),
+        }
+        return self.store.record(transition, onboarding.status, also)
 
     def _advance_all(
         self,
@@ -299,6 +328,34 @@ class Runner:
             log=adapter,
             in_doubt=in_doubt,
         )
+
+
+def definition_change(onboarding: Onboarding, spec: WorkflowConfig) -> str | None:
+    """Say how a changed definition alters what is left to do; None if it does not."""
+    name, user, state = onboarding.workflow, onboarding.user_name, onboarding.state
+    advice = (
+        f"; to go on, run `python -m engine reset {user} --to STATE --reason ...` "
+        "or `run --adopt-definition`"
+    )
+    if state != START_STATE and state not in spec.states:
+        return f"its state {state} is no longer in workflow {name}{advice}"
+    if onboarding.definition is None:
+        return f"workflow {name} changed since {user} started{advice}"
+    before = json.loads(onboarding.definition)
+    old = WorkflowConfig(states=before["states"], steps=before["steps"]).remaining(
+        state
+    )
+    new = spec.remaining(state)
+    if old == new:
+        return None
+    return (
+        f"workflow {name} changed since {user} started: the states after {state} were "
+        f"{_chain(old)}, now {_chain(new)}{advice}"
+    )
+
+
+def _chain(pairs: list[tuple[str, str]]) -> str:
+    return " -> ".join(state for state, _ in pairs) or "none"
 
 
 def _gave_up_message(onboarding: Onboarding) -> str:

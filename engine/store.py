@@ -7,9 +7,12 @@ append-only: nothing here updates or deletes a history row.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -34,6 +37,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, make_url
@@ -60,6 +64,7 @@ onboardings = Table(
     Column("user_name", String(64), nullable=False, unique=True),
     Column("workflow", String(128), nullable=False),
     Column("definition_hash", String(16), nullable=False),
+    Column("definition", Text),
     Column("state", String(64), nullable=False),
     Column("pending_state", String(64)),
     Column("status", String(16), nullable=False),
@@ -93,6 +98,8 @@ history = Table(
 )
 
 START_STATE = "New"
+# Any constant will do, as long as every engine process uses the same one.
+MIGRATION_LOCK_KEY = 7_340_021
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 CANCELLED = "cancelled"
 OPERATOR = "operator"
@@ -111,6 +118,7 @@ class Onboarding:
     user_name: str
     workflow: str
     definition_hash: str
+    definition: str | None
     state: str
     pending_state: str | None
     status: str
@@ -148,7 +156,11 @@ class Store:
         return self.engine.url.render_as_string(hide_password=True)
 
     def ensure_onboarding(
-        self, user: str, workflow: str, definition_hash: str
+        self,
+        user: str,
+        workflow: str,
+        definition_hash: str,
+        definition: str | None = None,
     ) -> Onboarding:
         """Return the user's onboarding, creating it in the start state when missing."""
         now = utcnow()
@@ -156,6 +168,7 @@ class Store:
             "user_name": user,
             "workflow": workflow,
             "definition_hash": definition_hash,
+            "definition": definition,
             "state": START_STATE,
             "status": PENDING,
             "attempts": 0,
@@ -249,10 +262,15 @@ class Store:
         assert found is not None
         return found
 
-    def record(self, transition: Transition, status: str) -> Onboarding:
-        """Write a history row and the onboarding's new state in one transaction."""
+    def record(
+        self, transition: Transition, status: str, also: dict[str, Any] | None = None
+    ) -> Onboarding:
+        """Write a history row and the onboarding's new state in one transaction.
+
+        ``also`` sets further onboarding columns in the same transaction.
+        """
         finished = utcnow()
-        change = _onboarding_change(transition, finished, status)
+        change = {**_onboarding_change(transition, finished, status), **(also or {})}
         with self._begin() as conn:
             conn.execute(insert(history).values(**_history_row(transition, finished)))
             self._bump(conn, transition.onboarding, change)
@@ -473,10 +491,30 @@ def downgrade(store: Store, revision: str = "base") -> None:
     _run_alembic(store, command.downgrade, revision)
 
 
+@contextmanager
+def _migration_lock(store: Store) -> Iterator[None]:
+    """Keep two processes from migrating one SQLite file at the same time."""
+    database = store.engine.url.database
+    if store.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _run_alembic(store: Store, action: Any, revision: str) -> None:
     config = alembic_config()
     try:
-        with store.engine.begin() as conn:
+        with _migration_lock(store), store.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"),
+                    {"key": MIGRATION_LOCK_KEY},
+                )
             config.attributes["connection"] = conn
             action(config, revision)
     except DatabaseError as err:

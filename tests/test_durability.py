@@ -242,7 +242,12 @@ def test_cancel_and_retry_change_what_run_does(
 ) -> None:
     from engine import operator
 
-    store.ensure_onboarding("alice", "standard", "h")
+    spec = make_runner(
+        tmp_path, store, aws, [{"name": "alice"}]
+    ).loaded.config.workflows["standard"]
+    store.ensure_onboarding(
+        "alice", "standard", spec.definition_hash(), spec.definition()
+    )
     operator.cancel(store, "alice", "ops", "on hold")
     assert (
         make_runner(tmp_path, store, aws, [{"name": "alice"}]).run()[0].status
@@ -319,3 +324,150 @@ def test_two_runners_on_one_database_make_each_transition_once(
         ]
         assert entered == STATES, (user["name"], entered)
     assert {r["outcome"] for r in rows} == {"ok"}
+
+
+SHORT_STEPS = {
+    "Created": "create_user",
+    "LeastPrivilege": "least_privilege",
+    "Reviewed": "cloudtrail",
+}
+
+
+def _parked(
+    tmp_path: Path, store: Store, aws: Clients, states: list[str], at: str
+) -> None:
+    """Leave alice at ``at`` under a workflow of ``states``, as an earlier run would."""
+    from sqlalchemy import text
+
+    from engine.config import WorkflowConfig
+
+    old = WorkflowConfig(
+        states=states, steps={s: SHORT_STEPS.get(s, "mfa") for s in states}
+    )
+    found = store.ensure_onboarding(
+        "alice", "standard", old.definition_hash(), old.definition()
+    )
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE onboardings SET state = :s, status = 'running' WHERE id = :i"),
+            {"s": at, "i": found.id},
+        )
+
+
+def _runner_with(
+    tmp_path: Path, store: Store, aws: Clients, states: list[str], adopt: bool = False
+) -> Any:
+    runner = make_runner(tmp_path, store, aws, [{"name": "alice"}])
+    steps = {s: SHORT_STEPS.get(s, "mfa") for s in states}
+    runner.loaded.config.workflows["standard"] = runner.loaded.config.workflows[
+        "standard"
+    ].model_copy(update={"states": states, "steps": steps})
+    from engine.machine import WorkflowMachine
+
+    runner.machines["standard"] = WorkflowMachine(
+        "standard", runner.loaded.config.workflows["standard"]
+    )
+    runner.adopt_definitions = adopt
+    return runner
+
+
+def test_a_definition_change_ahead_of_an_onboarding_is_not_guessed(
+    tmp_path: Path, store: Store, aws: Clients
+) -> None:
+    _parked(
+        tmp_path, store, aws, ["Created", "LeastPrivilege", "Reviewed"], at="Created"
+    )
+    aws.iam.create_user(
+        UserName="alice",
+        Tags=[{"Key": "onboarded-by", "Value": "iam-onboarding-engine"}],
+    )
+
+    outcome = _runner_with(
+        tmp_path, store, aws, ["Created", "MFA", "LeastPrivilege", "Reviewed"]
+    ).run()[0]
+
+    assert (
+        outcome.status == FAILED
+        and "were LeastPrivilege -> Reviewed, now MFA -> LeastPrivilege -> Reviewed"
+        in (outcome.error or "")
+    )
+    assert "--adopt-definition" in (outcome.error or "")
+    assert store.history(user="alice") == []
+
+    adopted = _runner_with(
+        tmp_path,
+        store,
+        aws,
+        ["Created", "MFA", "LeastPrivilege", "Reviewed"],
+        adopt=True,
+    ).run()[0]
+
+    assert adopted.status == DONE and adopted.entered == [
+        "MFA",
+        "LeastPrivilege",
+        "Reviewed",
+    ]
+    change = store.history(user="alice")[0]
+    assert (change["trigger"], change["outcome"], change["detail"]["reason"]) == (
+        "definition-changed",
+        "operator",
+        "adopted with --adopt-definition",
+    )
+
+
+def test_a_change_behind_an_onboarding_is_adopted_and_recorded(
+    tmp_path: Path, store: Store, aws: Clients
+) -> None:
+    _parked(
+        tmp_path,
+        store,
+        aws,
+        ["Created", "LeastPrivilege", "Reviewed"],
+        at="LeastPrivilege",
+    )
+    aws.iam.create_user(
+        UserName="alice",
+        Tags=[{"Key": "onboarded-by", "Value": "iam-onboarding-engine"}],
+    )
+
+    outcome = _runner_with(
+        tmp_path, store, aws, ["MFA", "Created", "LeastPrivilege", "Reviewed"]
+    ).run()[0]
+
+    assert outcome.status == DONE and outcome.entered == ["Reviewed"]
+    assert (
+        store.history(user="alice")[0]["detail"]["reason"]
+        == "remaining states unchanged"
+    )
+
+
+def test_a_removed_state_needs_a_reset(
+    tmp_path: Path, store: Store, aws: Clients
+) -> None:
+    from engine import operator
+
+    _parked(
+        tmp_path,
+        store,
+        aws,
+        ["Created", "LeastPrivilege", "Reviewed"],
+        at="LeastPrivilege",
+    )
+    runner = _runner_with(tmp_path, store, aws, ["Created", "Reviewed"], adopt=True)
+
+    outcome = runner.run()[0]
+    assert outcome.status == FAILED and "no longer in workflow standard" in (
+        outcome.error or ""
+    )
+
+    operator.reset(
+        store,
+        "alice",
+        "New",
+        runner.loaded.config.workflows["standard"],
+        "ops",
+        "new definition",
+    )
+    again = _runner_with(tmp_path, store, aws, ["Created", "Reviewed"]).run()[0]
+
+    assert again.status == DONE and again.entered == ["Created", "Reviewed"]

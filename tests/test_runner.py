@@ -199,7 +199,10 @@ def test_a_step_left_in_doubt_is_reconciled_and_says_so(
     tmp_path: Path, store: Store, aws: Clients
 ) -> None:
     runner = make_runner(tmp_path, store, aws, USERS[:1])
-    onboarding = store.ensure_onboarding("alice", "standard", "x")
+    spec = runner.loaded.config.workflows["standard"]
+    onboarding = store.ensure_onboarding(
+        "alice", "standard", spec.definition_hash(), spec.definition()
+    )
     aws.iam.create_user(
         UserName="alice",
         Tags=[{"Key": "onboarded-by", "Value": "iam-onboarding-engine"}],
@@ -228,7 +231,7 @@ def test_a_state_removed_from_the_definition_is_not_guessed(
 
     outcome = make_runner(tmp_path, store, aws, USERS[:1]).run()[0]
 
-    assert outcome.status == FAILED and "not in workflow standard" in (
+    assert outcome.status == FAILED and "no longer in workflow standard" in (
         outcome.error or ""
     )
 
