@@ -136,7 +136,9 @@ def _secrets(folder: Path, endpoint: str) -> list[str]:
     return found
 
 
-def test_every_fault_point_recovers(endpoint: str, tmp_path: Path) -> None:
+def test_every_fault_point_recovers(
+    endpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     points = _points(endpoint, tmp_path / "record")
     assert any(p.startswith("before-commit:") for p in points)
     killed = 0
@@ -152,5 +154,6 @@ def test_every_fault_point_recovers(endpoint: str, tmp_path: Path) -> None:
         assert again.returncode == 0, f"{point}: {again.stdout} {again.stderr}"
         _check_account(endpoint)
         _check_history(folder, endpoint)
-    print(f"kill matrix: {len(points)} fault points covered, {killed} kills")
+    with capsys.disabled():
+        print(f"\nkill matrix: {len(points)} fault points covered, {killed} kills")
     assert killed == len(points)
