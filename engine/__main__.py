@@ -131,6 +131,8 @@ def _stdout() -> Console:
 
 
 def _sandbox_file(loaded: config.LoadedConfig, url: str) -> Path:
+    # Known shortcoming: MFA seeds go to the file's seed folder whatever the
+    # database, so two sandboxes sharing one file overwrite each other's seeds.
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database:
         return Path(parsed.database).parent / "sandbox-aws.pickle"

@@ -339,6 +339,8 @@ def definition_change(onboarding: Onboarding, spec: WorkflowConfig) -> str | Non
     )
     if state != START_STATE and state not in spec.states:
         return f"its state {state} is no longer in workflow {name}{advice}"
+    # Known shortcoming: onboardings from before migration 0002 kept no definition,
+    # so a change cannot be compared and the operator has to decide.
     if onboarding.definition is None:
         return f"workflow {name} changed since {user} started{advice}"
     before = json.loads(onboarding.definition)

@@ -80,6 +80,8 @@ def _reconcile(ctx: StepContext, existing: dict[str, Any]) -> list[str]:
         iam.tag_user(UserName=ctx.user.name, Tags=missing)
         changed.append("tags")
 
+    # Known shortcoming: moto neither stores a user's boundary nor implements
+    # put_user_permissions_boundary, so on moto this call fails on every re-run.
     boundary = existing.get("PermissionsBoundary", {}).get("PermissionsBoundaryArn")
     if ctx.user.permissions_boundary and boundary != ctx.user.permissions_boundary:
         iam.put_user_permissions_boundary(
