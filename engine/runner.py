@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -207,6 +209,25 @@ class Runner:
         outcome.state, outcome.status = onboarding.state, onboarding.status
         return outcome
 
+    @contextmanager
+    def _heartbeat(self, onboarding: Onboarding) -> Iterator[None]:
+        """Renew the lease every third of its length while a step runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(LEASE.total_seconds() / 3):
+                self.store.claim(onboarding.id, self.owner, LEASE)
+
+        beater = threading.Thread(
+            target=beat, name=f"lease-{onboarding.user_name}", daemon=True
+        )
+        beater.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beater.join()
+
     def _wait_before_retry(
         self, onboarding: Onboarding, dest: str, retry: RetryConfig
     ) -> None:
@@ -240,7 +261,8 @@ class Runner:
         context.log.info("step %s started%s", dest, note)
         cursor.load(lambda: step(context))
         try:
-            machine.advance(cursor)
+            with self._heartbeat(current):
+                machine.advance(cursor)
         except StoreError:
             raise
         except Exception as err:  # noqa: BLE001 - every failure is recorded, none hidden

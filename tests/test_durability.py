@@ -471,3 +471,29 @@ def test_a_removed_state_needs_a_reset(
     again = _runner_with(tmp_path, store, aws, ["Created", "Reviewed"]).run()[0]
 
     assert again.status == DONE and again.entered == ["Created", "Reviewed"]
+
+
+def test_the_lease_is_renewed_while_a_long_step_runs(
+    tmp_path: Path, store: Store, aws: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+    from datetime import timedelta
+
+    from engine import runner as runner_module
+    from steps import REGISTRY, created
+
+    monkeypatch.setattr(runner_module, "LEASE", timedelta(seconds=0.3))
+    seen: list[bool] = []
+
+    def slow_create(ctx: Any) -> dict[str, Any]:
+        time.sleep(0.9)  # three lease lengths
+        onboarding = store.onboarding("alice")
+        assert onboarding is not None
+        seen.append(store.claim(onboarding.id, "intruder", timedelta(seconds=5)))
+        return created.run(ctx)
+
+    monkeypatch.setitem(REGISTRY, "create_user", slow_create)
+
+    outcome = make_runner(tmp_path, store, aws, [{"name": "alice"}]).run()[0]
+
+    assert seen == [False] and outcome.status == DONE
