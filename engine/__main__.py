@@ -160,12 +160,25 @@ def _sandbox_file(loaded: config.LoadedConfig, url: str) -> Path:
     help="No progress bar, banner or summary table; only errors.",
 )
 @click.option(
+    "-w",
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Onboardings driven at once (threads); the sandbox always uses 1.",
+)
+@click.option(
     "--adopt-definition",
     is_flag=True,
     help="Continue onboardings whose workflow changed under them, from their state.",
 )
 def run(
-    workflows: str, db: str | None, fmt: str, quiet: bool, adopt_definition: bool
+    workflows: str,
+    db: str | None,
+    fmt: str,
+    quiet: bool,
+    workers: int,
+    adopt_definition: bool,
 ) -> None:
     """Run every onboarding in WORKFLOWS, resuming unfinished ones where they stopped.
 
@@ -173,6 +186,7 @@ def run(
     Example:
       python -m engine run workflows.yaml
       python -m engine run workflows.yaml --format json --quiet
+      python -m engine run team.yaml --workers 8
       python -m engine run workflows.yaml --db postgresql+psycopg://user@dbhost/iam
     """
     loaded = _load(workflows)
@@ -192,11 +206,8 @@ def run(
         err.print(f"[bold]Target:[/bold] {target.description}")
         err.print(f"[bold]Store:[/bold] {engine_store.url}")
     try:
-        outcomes = _run_with_progress(
-            Runner(loaded, engine_store, target, secrets, faults, adopt_definition),
-            len(loaded.config.users),
-            quiet,
-        )
+        runner = Runner(loaded, engine_store, target, secrets, faults, adopt_definition)
+        outcomes = _run_with_progress(runner, runner.workers_for(workers), quiet)
     finally:
         target.close()
         engine_store.dispose()
@@ -205,7 +216,7 @@ def run(
         raise SystemExit(EXIT_UNFINISHED)
 
 
-def _run_with_progress(runner: Runner, total: int, quiet: bool) -> list[Outcome]:
+def _run_with_progress(runner: Runner, workers: int, quiet: bool) -> list[Outcome]:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -215,16 +226,15 @@ def _run_with_progress(runner: Runner, total: int, quiet: bool) -> list[Outcome]
     with Progress(
         *columns, console=Console(stderr=True), disable=quiet, transient=True
     ) as progress:
-        task = progress.add_task("onboarding", total=total)
+        task = progress.add_task("onboarding", total=len(runner.loaded.config.users))
 
         def show(user: str, state: str) -> None:
             progress.update(task, description=f"{user} -> {state}")
 
-        outcomes = []
-        for user in runner.loaded.config.users:
-            outcomes.append(runner.drive(user, show))
+        def done(_outcome: Outcome) -> None:
             progress.advance(task)
-    return outcomes
+
+        return runner.run(show, workers, done)
 
 
 def _print_outcomes(outcomes: list[Outcome], fmt: str, quiet: bool) -> None:

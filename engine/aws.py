@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,9 @@ class AwsTarget:
     description: str
     checkpoint: Callable[[], None] = field(default=lambda: None)
     close: Callable[[], None] = field(default=lambda: None)
+    new_clients: Callable[[], Clients] | None = None
+    # The sandbox pickles moto's state between steps, so it serves one at a time.
+    max_workers: int = 64
 
 
 def open_target(settings: AwsConfig, sandbox_file: Path) -> AwsTarget:
@@ -46,11 +50,15 @@ def open_target(settings: AwsConfig, sandbox_file: Path) -> AwsTarget:
     clients = build_clients(session, settings)
     account = _account_facts(clients, settings)
     where = f"endpoint {settings.endpoint_url}" if settings.endpoint_url else "AWS"
-    return AwsTarget(
-        clients,
-        account,
-        f"{where}, account {account.account_id}, region {settings.region}",
-    )
+    description = f"{where}, account {account.account_id}, region {settings.region}"
+    lock = threading.Lock()
+
+    def more_clients() -> Clients:
+        # boto3 sessions are not safe to build clients from in parallel.
+        with lock:
+            return build_clients(session, settings)
+
+    return AwsTarget(clients, account, description, new_clients=more_clients)
 
 
 def _open_sandbox(settings: AwsConfig, sandbox_file: Path) -> AwsTarget:
@@ -69,7 +77,9 @@ def _open_sandbox(settings: AwsConfig, sandbox_file: Path) -> AwsTarget:
     description = (
         f"SANDBOX (in-process moto, state in {sandbox_file}); nothing real is touched"
     )
-    return AwsTarget(clients, account, description, sandbox.save, sandbox.stop)
+    return AwsTarget(
+        clients, account, description, sandbox.save, sandbox.stop, max_workers=1
+    )
 
 
 def _session(settings: AwsConfig) -> boto3.Session:

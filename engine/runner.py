@@ -10,6 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -38,7 +39,7 @@ from engine.store import (
     utcnow,
 )
 from steps import REGISTRY
-from steps.base import StepContext
+from steps.base import Clients, StepContext
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Runner:
         self.loaded = loaded
         self.faults = faults or FaultPoints()
         self.adopt_definitions = adopt_definitions
+        self._local = threading.local()
         self.store = store
         self.target = target
         self.secrets = secrets
@@ -99,9 +101,53 @@ class Runner:
             name: WorkflowMachine(name, wf) for name, wf in config.workflows.items()
         }
 
-    def run(self, on_step: ProgressHook | None = None) -> list[Outcome]:
-        """Drive every user in the file; one user's failure does not stop the others."""
-        return [self.drive(user, on_step) for user in self.loaded.config.users]
+    def run(
+        self,
+        on_step: ProgressHook | None = None,
+        workers: int = 1,
+        on_done: Callable[[Outcome], None] | None = None,
+    ) -> list[Outcome]:
+        """Drive every user, ``workers`` at a time; one failure does not stop others."""
+        users = self.loaded.config.users
+
+        def one(user: UserConfig) -> Outcome:
+            outcome = self.drive(user, on_step)
+            if on_done is not None:
+                on_done(outcome)
+            return outcome
+
+        if workers <= 1:
+            return [one(user) for user in users]
+        with ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="onboard"
+        ) as pool:
+            return list(pool.map(one, users))
+
+    def workers_for(self, asked: int) -> int:
+        """Return how many workers the target allows, saying so when it is fewer."""
+        allowed = min(asked, self.target.max_workers)
+        if allowed < asked:
+            log.warning(
+                "this target runs %d onboarding(s) at a time, not %d", allowed, asked
+            )
+        return max(allowed, 1)
+
+    def _clients(self) -> Clients:
+        """Return this thread's clients: the target's own on the first thread."""
+        made: Clients | None = getattr(self._local, "clients", None)
+        if made is not None:
+            return made
+        if (
+            self.target.new_clients is None
+            or threading.current_thread() is threading.main_thread()
+        ):
+            made = self.target.clients
+        else:
+            made = self.target.new_clients()
+            for client in vars(made).values():
+                self.faults.watch(client)
+        self._local.clients = made
+        return made
 
     def drive(self, user: UserConfig, on_step: ProgressHook | None = None) -> Outcome:
         """Advance one onboarding from its persisted state to the end or a failure."""
@@ -344,7 +390,7 @@ class Runner:
             user=user,
             workflow=self.loaded.config.workflows[workflow],
             loaded=self.loaded,
-            clients=self.target.clients,
+            clients=self._clients(),
             secrets=self.secrets,
             account=self.target.account,
             log=adapter,

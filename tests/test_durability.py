@@ -497,3 +497,54 @@ def test_the_lease_is_renewed_while_a_long_step_runs(
     outcome = make_runner(tmp_path, store, aws, [{"name": "alice"}]).run()[0]
 
     assert seen == [False] and outcome.status == DONE
+
+
+@pytest.mark.slow
+def test_workers_drive_users_in_parallel_each_transition_once(
+    tmp_path: Path, store_url: str
+) -> None:
+    users = [{"name": f"user{i:02}", "groups": ["readers"]} for i in range(12)]
+    users.append({"name": "bot", "mfa": "none", "programmatic_access": True})
+    with moto_server_running() as endpoint:
+        path = write_workflows(
+            tmp_path, users=users, aws={"sandbox": False, "endpoint_url": endpoint}
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "run",
+                str(path),
+                "--db",
+                store_url,
+                "--workers",
+                "4",
+                "--quiet",
+                "--format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        trails = boto3.client(
+            "cloudtrail", endpoint_url=endpoint, region_name="us-east-1"
+        ).describe_trails()["trailList"]
+
+    assert done.returncode == 0, done.stderr
+    assert [item["user"] for item in json.loads(done.stdout)] == [
+        u["name"] for u in users
+    ]
+    assert len(trails) == 1
+    store = open_store(store_url)
+    rows = store.history()
+    store.dispose()
+    for user in users:
+        entered = [
+            r["to_state"]
+            for r in rows
+            if r["user_name"] == user["name"] and r["outcome"] == "ok"
+        ]
+        assert entered == STATES, (user["name"], entered)
