@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -252,9 +253,21 @@ def _print_outcomes(outcomes: list[Outcome], fmt: str, quiet: bool) -> None:
 @DB_OPTION
 @click.option("--user", help="Only this user's transitions.")
 @click.option("--state", help="Only transitions into this state.")
+@click.option(
+    "--since", type=click.DateTime(), help="Only transitions started at or after (UTC)."
+)
+@click.option(
+    "--until", type=click.DateTime(), help="Only transitions started before (UTC)."
+)
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def history(
-    path: str, db: str | None, user: str | None, state: str | None, fmt: str
+    path: str,
+    db: str | None,
+    user: str | None,
+    state: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    fmt: str,
 ) -> None:
     """List the state history, one row per transition, oldest first.
 
@@ -262,9 +275,10 @@ def history(
     Example:
       python -m engine history --user ana.silva
       python -m engine history --state Reviewed --format json
+      python -m engine history --since 2026-12-01 --until "2026-12-02 12:00:00"
     """
     engine_store = _store_for_queries(db, path)
-    rows = engine_store.history(user=user, state=state)
+    rows = engine_store.history(user=user, state=state, since=since, until=until)
     if fmt == "json":
         click.echo(json.dumps(cli_output.history_json(rows), indent=2))
     else:

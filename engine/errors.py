@@ -31,16 +31,21 @@ class ConfigError(EngineError):
     def __init__(self, path: str, line: int | None, field: str, problem: str) -> None:
         self.path = path
         self.line = line
-        self.field = field
-        self.problem = problem
+        self.field = _printable(field)
+        self.problem = _printable(problem)
         where = f"{path}:{line}" if line else path
-        super().__init__(f"{where}: {field}: {problem}")
+        super().__init__(f"{where}: {self.field}: {self.problem}")
 
 
 class StoreError(EngineError):
     """The state store cannot be opened, migrated or written."""
 
     exit_code = 3
+
+
+def _printable(text: str) -> str:
+    """Escape control characters, so that a message stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class AwsSetupError(EngineError):

@@ -109,19 +109,19 @@ class Runner:
     ) -> list[Outcome]:
         """Drive every user, ``workers`` at a time; one failure does not stop others."""
         users = self.loaded.config.users
+        known = {item.user_name: item for item in self.store.all_onboardings()}
 
         def one(user: UserConfig) -> Outcome:
-            outcome = self.drive(user, on_step)
+            outcome = self.drive(user, on_step, known.get(user.name))
             if on_done is not None:
                 on_done(outcome)
             return outcome
 
-        if workers <= 1:
-            return [one(user) for user in users]
-        with ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="onboard"
-        ) as pool:
-            return list(pool.map(one, users))
+        with self._heartbeat():
+            if workers <= 1:
+                return [one(user) for user in users]
+            with ThreadPoolExecutor(workers, thread_name_prefix="onboard") as pool:
+                return list(pool.map(one, users))
 
     def workers_for(self, asked: int) -> int:
         """Return how many workers the target allows, saying so when it is fewer."""
@@ -149,14 +149,42 @@ class Runner:
         self._local.clients = made
         return made
 
-    def drive(self, user: UserConfig, on_step: ProgressHook | None = None) -> Outcome:
-        """Advance one onboarding from its persisted state to the end or a failure."""
+    def drive(
+        self,
+        user: UserConfig,
+        on_step: ProgressHook | None = None,
+        known: Onboarding | None = None,
+    ) -> Outcome:
+        """Advance one onboarding from its persisted state to the end or a failure.
+
+        ``known`` is the onboarding's row when the caller has already read it.
+        """
         workflow = self.loaded.config.workflow_of(user)
         machine = self.machines[workflow]
         spec = self.loaded.config.workflows[workflow]
-        onboarding = self.store.ensure_onboarding(
+        onboarding = known or self.store.ensure_onboarding(
             user.name, workflow, spec.definition_hash(), spec.definition()
         )
+        if onboarding.status in (DONE, CANCELLED):
+            return Outcome(user.name, onboarding.state, onboarding.status)
+        if not self._claim(onboarding):
+            error = "another worker holds its lease"
+            return Outcome(user.name, onboarding.state, "busy", error=error)
+        try:
+            # Re-read under the lease: the row read before may be out of date.
+            fresh = self.store.onboarding(user.name) or onboarding
+            return self._drive_claimed(user, machine, spec, fresh, on_step)
+        finally:
+            self.store.release(onboarding.id, self.owner)
+
+    def _drive_claimed(
+        self,
+        user: UserConfig,
+        machine: WorkflowMachine,
+        spec: WorkflowConfig,
+        onboarding: Onboarding,
+        on_step: ProgressHook | None,
+    ) -> Outcome:
         if onboarding.status in (DONE, CANCELLED):
             return Outcome(user.name, onboarding.state, onboarding.status)
         if onboarding.definition_hash != spec.definition_hash():
@@ -166,25 +194,13 @@ class Runner:
             ):
                 return Outcome(user.name, onboarding.state, FAILED, error=problem)
             onboarding = self._adopt(onboarding, spec, problem)
-        if self._gave_up(onboarding, workflow):
-            return Outcome(
-                user.name, onboarding.state, FAILED, error=_gave_up_message(onboarding)
-            )
-        if not self._claim(onboarding):
-            return Outcome(
-                user.name,
-                onboarding.state,
-                "busy",
-                error="another worker holds its lease",
-            )
-        try:
-            return self._advance_all(user, machine, onboarding, on_step)
-        finally:
-            self.store.release(onboarding.id, self.owner)
-
-    def _gave_up(self, onboarding: Onboarding, workflow: str) -> bool:
-        limit = self.loaded.config.workflows[workflow].retry.max_attempts
-        return onboarding.status == FAILED and onboarding.attempts >= limit
+        if (
+            onboarding.status == FAILED
+            and onboarding.attempts >= spec.retry.max_attempts
+        ):
+            error = _gave_up_message(onboarding)
+            return Outcome(user.name, onboarding.state, FAILED, error=error)
+        return self._advance_all(user, machine, onboarding, on_step)
 
     def _claim(self, onboarding: Onboarding) -> bool:
         if self.store.claim(onboarding.id, self.owner, LEASE):
@@ -256,17 +272,15 @@ class Runner:
         return outcome
 
     @contextmanager
-    def _heartbeat(self, onboarding: Onboarding) -> Iterator[None]:
-        """Renew the lease every third of its length while a step runs."""
+    def _heartbeat(self) -> Iterator[None]:
+        """Renew every lease this runner holds, every third of a lease, until done."""
         stop = threading.Event()
 
         def beat() -> None:
             while not stop.wait(LEASE.total_seconds() / 3):
-                self.store.claim(onboarding.id, self.owner, LEASE)
+                self.store.renew_leases(self.owner, LEASE)
 
-        beater = threading.Thread(
-            target=beat, name=f"lease-{onboarding.user_name}", daemon=True
-        )
+        beater = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
         beater.start()
         try:
             yield
@@ -307,8 +321,7 @@ class Runner:
         context.log.info("step %s started%s", dest, note)
         cursor.load(lambda: step(context))
         try:
-            with self._heartbeat(current):
-                machine.advance(cursor)
+            machine.advance(cursor)
         except StoreError:
             raise
         except Exception as err:  # noqa: BLE001 - every failure is recorded, none hidden

@@ -8,6 +8,7 @@ append-only: nothing here updates or deletes a history row.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     func,
@@ -257,10 +259,7 @@ class Store:
             "lease_expires_at": now + lease,
         }
         with self._begin() as conn:
-            self._bump(conn, current, values)
-            found = self._find(conn, current.user_name)
-        assert found is not None
-        return found
+            return self._bump(conn, current, values)
 
     def record(
         self, transition: Transition, status: str, also: dict[str, Any] | None = None
@@ -272,11 +271,8 @@ class Store:
         finished = utcnow()
         change = {**_onboarding_change(transition, finished, status), **(also or {})}
         with self._begin() as conn:
-            conn.execute(insert(history).values(**_history_row(transition, finished)))
-            self._bump(conn, transition.onboarding, change)
-            found = self._find(conn, transition.onboarding.user_name)
-        assert found is not None
-        return found
+            conn.execute(insert(history), _history_row(transition, finished))
+            return self._bump(conn, transition.onboarding, change)
 
     def onboarding(self, user: str) -> Onboarding | None:
         """Return one user's onboarding, or None."""
@@ -290,12 +286,20 @@ class Store:
             return [_onboarding(row._mapping) for row in rows]
 
     def history(
-        self, user: str | None = None, state: str | None = None
+        self,
+        user: str | None = None,
+        state: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[dict[str, Any]]:
-        """Return history rows, oldest first, filtered by user and/or state entered."""
+        """Return history rows, oldest first, filtered by user, state entered, time."""
         query = select(history).order_by(history.c.id)
         if state is not None:
             query = query.where(history.c.to_state == state)
+        if since is not None:
+            query = query.where(history.c.started_at >= since)
+        if until is not None:
+            query = query.where(history.c.started_at < until)
         with self.engine.connect() as conn:
             if user is not None:
                 query = query.where(history.c.user_name == self._exact_name(conn, user))
@@ -303,8 +307,11 @@ class Store:
 
     def _exact_name(self, conn: Connection, user: str) -> str:
         # IAM names ignore case; find the spelling stored, then use the index.
+        names = select(onboardings.c.user_name)
+        if conn.execute(names.where(onboardings.c.user_name == user)).first():
+            return user
         lowered = func.lower(onboardings.c.user_name) == user.lower()
-        found = conn.execute(select(onboardings.c.user_name).where(lowered)).scalar()
+        found = conn.execute(names.where(lowered)).scalar()
         return str(found) if found is not None else user
 
     def dispose(self) -> None:
@@ -322,19 +329,42 @@ class Store:
 
     def _bump(
         self, conn: Connection, current: Onboarding, values: dict[str, Any]
-    ) -> None:
-        statement = (
-            update(onboardings)
-            .where(
-                onboardings.c.id == current.id, onboardings.c.version == current.version
-            )
-            .values(version=current.version + 1, **values)
-        )
-        if conn.execute(statement).rowcount != 1:
+    ) -> Onboarding:
+        params = {**values, "version": current.version + 1}
+        params.update(_id=current.id, _version=current.version)
+        row = conn.execute(_versioned_update(tuple(sorted(values))), params).first()
+        if row is None:
             raise StoreError(
                 f"onboarding of {current.user_name} was changed by another process "
                 "while this one worked on it; run again to continue from its state"
             )
+        return _onboarding(row._mapping)
+
+    def renew_leases(self, owner: str, ttl: timedelta) -> int:
+        """Extend every lease ``owner`` holds; return how many there were."""
+        statement = (
+            update(onboardings)
+            .where(onboardings.c.lease_owner == owner)
+            .values(lease_expires_at=utcnow() + ttl)
+        )
+        with self._begin() as conn:
+            renewed: int = conn.execute(statement).rowcount
+        return renewed
+
+
+@functools.cache
+def _versioned_update(columns: tuple[str, ...]) -> Any:
+    """Return the compare-and-set update of ``columns``, built once per column set."""
+    assignments: dict[str, Any] = {n: bindparam(n) for n in (*columns, "version")}
+    return (
+        update(onboardings)
+        .where(
+            onboardings.c.id == bindparam("_id"),
+            onboardings.c.version == bindparam("_version"),
+        )
+        .values(assignments)
+        .returning(*onboardings.c)
+    )
 
 
 class _translated:

@@ -124,19 +124,25 @@ def _ensure_policy(ctx: StepContext) -> str:
     account = ctx.account.account_id
     arn = f"arn:aws:iam::{account}:policy{ENGINE_POLICY_PATH}{REQUIRE_MFA_POLICY}"
     with ctx.account.lock:
-        try:
-            iam.create_policy(
-                PolicyName=REQUIRE_MFA_POLICY,
-                Path=ENGINE_POLICY_PATH,
-                PolicyDocument=dumps(REQUIRE_MFA_DOCUMENT),
-                Description="Denies all but MFA self-service until signed in with MFA",
-            )
-        except ClientError as err:
-            if not is_code(err, "EntityAlreadyExists"):
-                raise
+        if REQUIRE_MFA_POLICY not in ctx.account.verified:
+            _create_policy(iam)
+            ctx.account.verified[REQUIRE_MFA_POLICY] = {"arn": arn}
     attached = paginate(
         iam, "list_attached_user_policies", "AttachedPolicies", UserName=ctx.user.name
     )
     if arn not in {policy["PolicyArn"] for policy in attached}:
         iam.attach_user_policy(UserName=ctx.user.name, PolicyArn=arn)
     return arn
+
+
+def _create_policy(iam: Any) -> None:
+    try:
+        iam.create_policy(
+            PolicyName=REQUIRE_MFA_POLICY,
+            Path=ENGINE_POLICY_PATH,
+            PolicyDocument=dumps(REQUIRE_MFA_DOCUMENT),
+            Description="Denies all but MFA self-service until signed in with MFA",
+        )
+    except ClientError as err:
+        if not is_code(err, "EntityAlreadyExists"):
+            raise
