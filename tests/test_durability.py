@@ -262,6 +262,23 @@ def test_cancel_and_retry_change_what_run_does(
     )
 
 
+def assert_each_state_entered_once(
+    store_url: str, users: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Check every user entered each state exactly once, in order; return the rows."""
+    store = open_store(store_url)
+    rows = store.history()
+    store.dispose()
+    for user in users:
+        entered = [
+            r["to_state"]
+            for r in rows
+            if r["user_name"] == user["name"] and r["outcome"] == "ok"
+        ]
+        assert entered == STATES, (user["name"], entered)
+    return rows
+
+
 def _spawn(path: Path, db: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -313,16 +330,7 @@ def test_two_runners_on_one_database_make_each_transition_once(
 
     assert all(runner.returncode in (0, 1) for runner in runners), results
     assert final.returncode == 0, final.stderr
-    store = open_store(store_url)
-    rows = store.history()
-    store.dispose()
-    for user in users:
-        entered = [
-            r["to_state"]
-            for r in rows
-            if r["user_name"] == user["name"] and r["outcome"] == "ok"
-        ]
-        assert entered == STATES, (user["name"], entered)
+    rows = assert_each_state_entered_once(store_url, users)
     assert {r["outcome"] for r in rows} == {"ok"}
 
 
@@ -538,13 +546,4 @@ def test_workers_drive_users_in_parallel_each_transition_once(
         u["name"] for u in users
     ]
     assert len(trails) == 1
-    store = open_store(store_url)
-    rows = store.history()
-    store.dispose()
-    for user in users:
-        entered = [
-            r["to_state"]
-            for r in rows
-            if r["user_name"] == user["name"] and r["outcome"] == "ok"
-        ]
-        assert entered == STATES, (user["name"], entered)
+    assert_each_state_entered_once(store_url, users)

@@ -23,23 +23,10 @@ import requests
 from sqlalchemy import create_engine, text
 
 from tests.conftest import moto_server_running, write_workflows
+from tests.test_runner import STATES, USERS
 
 pytestmark = pytest.mark.slow
 
-STATES = [
-    "Created",
-    "LeastPrivilege",
-    "MFA",
-    "Role",
-    "Rotated",
-    "Monitored",
-    "Reviewed",
-]
-USERS: list[dict[str, Any]] = [
-    {"name": "alice", "groups": ["readers"]},
-    {"name": "bot", "mfa": "none", "programmatic_access": True},
-    {"name": "app", "mfa": "none", "service_role": {"service": "ec2.amazonaws.com"}},
-]
 MAX_RERUNS = 3
 
 

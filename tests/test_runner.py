@@ -12,21 +12,14 @@ from botocore.exceptions import ClientError
 from sqlalchemy import text
 
 from engine.aws import AwsTarget
+from engine.config import DEFAULT_STATES
 from engine.runner import Runner
 from engine.secrets import Redactor, SecretSink
 from engine.store import DONE, FAILED, START_STATE, Store
 from steps.base import AccountFacts, Clients
 from tests.conftest import load_file, write_workflows
 
-STATES = [
-    "Created",
-    "LeastPrivilege",
-    "MFA",
-    "Role",
-    "Rotated",
-    "Monitored",
-    "Reviewed",
-]
+STATES = DEFAULT_STATES
 USERS: list[dict[str, Any]] = [
     {"name": "alice", "groups": ["readers"]},
     {"name": "bot", "mfa": "none", "programmatic_access": True},
