@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,34 @@ EXIT_UNFINISHED, EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED =
 log = logging.getLogger("engine")
 REDACTOR = Redactor()
 FORMATS = click.Choice(["table", "json"])
+
+
+class _UtcTime(click.ParamType):  # type: ignore[type-arg]
+    """An ISO 8601 time, as history prints it (a trailing Z, fractions allowed)."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(
+                f"{value!r} is not a time like 2026-12-03 or 2026-12-03T20:17:21Z"
+            )
+        return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+UTC_TIME = _UtcTime()
+
+
+def _reason(_ctx: Any, _param: Any, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("give a reason; it is kept in the history")
+    return value.strip()
+
+
 FILE_OPTION = click.option(
     "-f",
     "--file",
@@ -254,11 +282,9 @@ def _print_outcomes(outcomes: list[Outcome], fmt: str, quiet: bool) -> None:
 @click.option("--user", help="Only this user's transitions.")
 @click.option("--state", help="Only transitions into this state.")
 @click.option(
-    "--since", type=click.DateTime(), help="Only transitions started at or after (UTC)."
+    "--since", type=UTC_TIME, help="Only transitions started at or after (UTC)."
 )
-@click.option(
-    "--until", type=click.DateTime(), help="Only transitions started before (UTC)."
-)
+@click.option("--until", type=UTC_TIME, help="Only transitions started before (UTC).")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def history(
     path: str,
@@ -279,6 +305,10 @@ def history(
     """
     engine_store = _store_for_queries(db, path)
     rows = engine_store.history(user=user, state=state, since=since, until=until)
+    if not rows and (user or state or since or until):
+        click.echo(
+            "no transitions match those filters (--state is case-sensitive)", err=True
+        )
     if fmt == "json":
         click.echo(json.dumps(cli_output.history_json(rows), indent=2))
     else:
@@ -311,7 +341,12 @@ def status(path: str, db: str | None, fmt: str) -> None:
 def _operator_options(command: Any) -> Any:
     options = [
         click.argument("user"),
-        click.option("--reason", required=True, help="Why; recorded in the history."),
+        click.option(
+            "--reason",
+            required=True,
+            callback=_reason,
+            help="Why; kept in the history.",
+        ),
         click.option("--actor", default=None, help="Who; defaults to the OS user."),
         FILE_OPTION,
         DB_OPTION,
@@ -322,9 +357,15 @@ def _operator_options(command: Any) -> Any:
 
 
 def _report(onboarding: store.Onboarding, action: str) -> None:
+    name = onboarding.user_name
+    if onboarding.status == store.CANCELLED:
+        after = (
+            f"Runs skip it; `python -m engine retry {name} --reason ...` undoes this."
+        )
+    else:
+        after = "Run `python -m engine run FILE` to continue."
     click.echo(
-        f"{onboarding.user_name}: {action}; now {onboarding.state} "
-        f"({onboarding.status}). Run `python -m engine run FILE` to continue."
+        f"{name}: {action}; now {onboarding.state} ({onboarding.status}). {after}"
     )
 
 
@@ -431,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; the only place errors become exit codes."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="python -m engine", standalone_mode=False)
+        cli.main(args=argv, prog_name=_prog_name(), standalone_mode=False)
     except click.exceptions.Exit as stop:
         return int(stop.exit_code)
     except click.ClickException as err:
@@ -456,6 +497,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return _fail(message, EXIT_INTERNAL, debug)
     return 0
+
+
+def _prog_name() -> str:
+    invoked = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return "python -m engine" if invoked in ("__main__.py", "-m", "") else invoked
 
 
 def _fail(message: str, code: int, debug: bool) -> int:

@@ -57,11 +57,12 @@ HISTORY_COLUMNS = (
     "user_name",
     "from_state",
     "to_state",
+    "trigger",
     "outcome",
+    "actor",
     "started_at",
-    "finished_at",
     "error_code",
-    "error_message",
+    "note",
 )
 
 
@@ -79,7 +80,9 @@ def history_table(rows: list[dict[str, Any]]) -> Table:
     for column in HISTORY_COLUMNS:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(str(row.get(column) or "") for column in HISTORY_COLUMNS))
+        note = row["error_message"] or row["detail"].get("reason", "")
+        cells = {**row, "note": note, "started_at": row["started_at"][:19]}
+        table.add_row(*(str(cells.get(column) or "") for column in HISTORY_COLUMNS))
     return table
 
 

@@ -93,6 +93,7 @@ def _check_document(document: dict[str, Any]) -> dict[str, Any]:
 
 PolicyDocument = Annotated[dict[str, Any], AfterValidator(_check_document)]
 
+DEFAULT_DB = "state/onboarding.db"
 DEFAULT_STATES = [
     "Created",
     "LeastPrivilege",
@@ -112,7 +113,13 @@ class StoreConfig(_Strict):
     """Where the state lives: a SQLAlchemy URL, or a SQLite file path."""
 
     url: str | None = None
-    path: str = "state/onboarding.db"
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self) -> StoreConfig:
+        if self.url is not None and self.path is not None:
+            raise ValueError("give store.path or store.url, not both")
+        return self
 
 
 class AwsConfig(_Strict):
@@ -262,7 +269,7 @@ class LoadedConfig:
     def database_url(self) -> str:
         """Return the store URL the file names (a SQLite path becomes a URL)."""
         store = self.config.store
-        return store.url or f"sqlite:///{self.resolve(store.path)}"
+        return store.url or f"sqlite:///{self.resolve(store.path or DEFAULT_DB)}"
 
 
 def load(path: str | Path, known_steps: set[str]) -> LoadedConfig:
@@ -299,8 +306,10 @@ def _explain(error: Any) -> str:
         return _pattern_hint(error["loc"])
     if kind == "string_type":
         return f"expected text, got {error['input']!r}; put the value in quotes"
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind in ("value_error", "assertion_error"):
+        return message
+    return f"{message}; see the workflows.yaml table in the README"
 
 
 def _pattern_hint(location: tuple[int | str, ...]) -> str:
@@ -314,7 +323,8 @@ def _pattern_hint(location: tuple[int | str, ...]) -> str:
 
 def _dotted(location: tuple[int | str, ...]) -> str:
     text = ""
-    for part in location:
+    # pydantic names union branches ("list[function-after[...]]"); no user wrote those.
+    for part in (p for p in location if not (isinstance(p, str) and "[" in p)):
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text
 

@@ -128,7 +128,7 @@ class Runner:
         allowed = min(asked, self.target.max_workers)
         if allowed < asked:
             log.warning(
-                "this target runs %d onboarding(s) at a time, not %d", allowed, asked
+                "the sandbox runs %d onboarding(s) at a time, not %d", allowed, asked
             )
         return max(allowed, 1)
 
@@ -419,7 +419,11 @@ def definition_change(onboarding: Onboarding, spec: WorkflowConfig) -> str | Non
         "or `run --adopt-definition`"
     )
     if state != START_STATE and state not in spec.states:
-        return f"its state {state} is no longer in workflow {name}{advice}"
+        return (
+            f"its state {state} is no longer in workflow {name}; run `python -m engine "
+            f"reset {user} --to STATE --reason ...` with one of "
+            f"{', '.join(spec.states)}"
+        )
     # Known shortcoming: onboardings from before migration 0002 kept no definition,
     # so a change cannot be compared and the operator has to decide.
     if onboarding.definition is None:

@@ -38,7 +38,12 @@ class Sandbox:
         """Start moto with AWS managed policies and restore the last snapshot."""
         self._mock = mock_aws(config={"iam": {"load_aws_managed_policies": True}})
         self._mock.start()
-        self._restore()
+        try:
+            self._restore()
+        except BaseException:
+            self._mock.stop()
+            self._mock = None
+            raise
 
     def stop(self) -> None:
         """Save the state one last time and stop intercepting AWS calls."""
@@ -89,16 +94,13 @@ class Sandbox:
         try:
             with self.path.open("rb") as handle:
                 state: dict[str, Any] = pickle.load(handle)  # noqa: S301 - our own 0600 file
-        except (
-            OSError,
-            pickle.UnpicklingError,
-            AttributeError,
-            ImportError,
-            EOFError,
-        ) as err:
+        # Unpickling fails in many ways (ValueError, EOFError...); all mean unreadable.
+        except Exception as err:  # noqa: BLE001
             raise self._unreadable(err) from None
-        if state.get("format") != FORMAT:
-            raise self._unreadable(ValueError(f"format {state.get('format')}"))
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise self._unreadable(
+                ValueError("not a sandbox state file of this version")
+            )
         return state
 
     def _unreadable(self, err: Exception) -> AwsSetupError:

@@ -275,9 +275,9 @@ class Store:
             return self._bump(conn, transition.onboarding, change)
 
     def onboarding(self, user: str) -> Onboarding | None:
-        """Return one user's onboarding, or None."""
+        """Return one user's onboarding (the name's case does not matter), or None."""
         with self.engine.connect() as conn:
-            return self._find(conn, user)
+            return self._find(conn, self._exact_name(conn, user))
 
     def all_onboardings(self) -> list[Onboarding]:
         """Return every onboarding, oldest first (the file's order on a first run)."""

@@ -127,7 +127,12 @@ def _read(path: str) -> str:
             path, None, "file", "not found; pass the path of a workflows.yaml"
         ) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(path, None, "file", f"cannot be read ({err})") from None
+        raise ConfigError(
+            path,
+            None,
+            "file",
+            f"cannot be read ({err}); pass the path of a workflows.yaml",
+        ) from None
     if len(text) > MAX_BYTES:
         raise ConfigError(
             path, None, "file", f"larger than {MAX_BYTES} bytes; split it"

@@ -258,3 +258,57 @@ def test_python_dash_m_engine_runs_the_shipped_file(tmp_path: Path) -> None:
     assert len(json.loads(done.stdout)) == 8
     assert {item["state"] for item in json.loads(done.stdout)} == {"Reviewed"}
     assert BASE_DOC["version"] == 1
+
+
+def test_operator_commands_and_filters_ignore_name_case(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path
+) -> None:
+    run_cli(capsys, "run", str(sandbox_file), "--quiet")
+
+    code, out, _ = run_cli(
+        capsys,
+        "reset",
+        "ALICE",
+        "--to",
+        "Rotated",
+        "--reason",
+        "key leaked",
+        "-f",
+        str(sandbox_file),
+    )
+    assert code == 0 and out.startswith("alice: reset to Rotated")
+    code, out, _ = run_cli(
+        capsys,
+        "history",
+        "-f",
+        str(sandbox_file),
+        "--user",
+        "Alice",
+        "--since",
+        "2000-01-01T00:00:00.5Z",
+    )
+    assert code == 0 and "reset" in out and "key leaked" in out
+
+
+def test_an_empty_reason_is_refused(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path
+) -> None:
+    run_cli(capsys, "run", str(sandbox_file), "--quiet")
+
+    code, _, err = run_cli(
+        capsys, "cancel", "alice", "--reason", "  ", "-f", str(sandbox_file)
+    )
+
+    assert code == 2 and "give a reason" in err
+
+
+def test_an_unreadable_sandbox_state_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path
+) -> None:
+    state = sandbox_file.parent / "state"
+    state.mkdir()
+    (state / "sandbox-aws.pickle").write_text("garbage\n")
+
+    code, _, err = run_cli(capsys, "run", str(sandbox_file))
+
+    assert code == 3 and "cannot be read" in err and "delete it" in err

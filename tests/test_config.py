@@ -256,3 +256,26 @@ def test_loose_values_are_refused(
     tmp_path: Path, old: str, new: str, field: str
 ) -> None:
     assert _error_for(tmp_path, GOOD_HEAD.replace(old, new, 1)).field == field
+
+
+def test_store_path_and_url_together_are_refused(tmp_path: Path) -> None:
+    err = _error_for(
+        tmp_path,
+        GOOD_HEAD.replace(
+            "workflows:", "store: {path: a.db, url: 'sqlite:///b.db'}\nworkflows:", 1
+        ),
+    )
+
+    assert err.field == "store" and "not both" in err.problem
+
+
+def test_a_policy_error_names_the_statement_not_pydantic_internals(
+    tmp_path: Path,
+) -> None:
+    err = _error_for(
+        tmp_path,
+        GOOD_HEAD
+        + "    inline_policy: {Statement: [{Effect: Permit, Action: s3:GetObject, Resource: '*'}]}\n",
+    )
+
+    assert "Statement[0].Effect" in err.problem and "function-after" not in err.problem
