@@ -12,6 +12,9 @@ import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ from engine.errors import EngineError
 from engine.faults import FaultPoints
 from engine.runner import Outcome, Runner, default_actor
 from engine.secrets import Redactor, SecretSink
+from engine.worker import Worker
 from steps import REGISTRY
 
 EXIT_UNFINISHED, EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED = (
@@ -218,6 +222,18 @@ def run(
       python -m engine run team.yaml --workers 8
       python -m engine run workflows.yaml --db postgresql+psycopg://user@dbhost/iam
     """
+    with _runner(workflows, db, quiet, adopt_definition) as runner:
+        outcomes = _run_with_progress(runner, runner.workers_for(workers), quiet)
+    _print_outcomes(outcomes, fmt, quiet)
+    if not all(item.settled for item in outcomes):
+        raise SystemExit(EXIT_UNFINISHED)
+
+
+@contextmanager
+def _runner(
+    workflows: str, db: str | None, quiet: bool, adopt_definition: bool
+) -> Iterator[Runner]:
+    """Open the file's store and AWS target, yield a runner on them, close both."""
     loaded = _load(workflows)
     url = store.resolve_url(db, loaded.database_url())
     engine_store = store.open_store(url)
@@ -230,19 +246,15 @@ def run(
     faults = FaultPoints.from_env()
     for client in vars(target.clients).values():
         faults.watch(client)
-    err = Console(stderr=True)
     if not quiet:
+        err = Console(stderr=True)
         err.print(f"[bold]Target:[/bold] {target.description}")
         err.print(f"[bold]Store:[/bold] {engine_store.url}")
     try:
-        runner = Runner(loaded, engine_store, target, secrets, faults, adopt_definition)
-        outcomes = _run_with_progress(runner, runner.workers_for(workers), quiet)
+        yield Runner(loaded, engine_store, target, secrets, faults, adopt_definition)
     finally:
         target.close()
         engine_store.dispose()
-    _print_outcomes(outcomes, fmt, quiet)
-    if not all(item.settled for item in outcomes):
-        raise SystemExit(EXIT_UNFINISHED)
 
 
 def _run_with_progress(runner: Runner, workers: int, quiet: bool) -> list[Outcome]:
@@ -274,6 +286,89 @@ def _print_outcomes(outcomes: list[Outcome], fmt: str, quiet: bool) -> None:
         return
     _stdout().print(cli_output.outcomes_table(outcomes))
     click.echo(cli_output.summary_line(outcomes))
+
+
+@cli.command()
+@click.argument("workflows")
+@click.option(
+    "--db",
+    help="Database URL or SQLite path (default: the file's store; env IAM_ENGINE_DB).",
+)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress, banner or table.")
+@click.option(
+    "-w",
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Threads in this process, each driving one onboarding at a time.",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep claiming work until interrupted, instead of stopping when idle.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds between passes with --follow.",
+)
+def worker(
+    workflows: str,
+    db: str | None,
+    fmt: str,
+    quiet: bool,
+    workers: int,
+    follow: bool,
+    interval: float,
+) -> None:
+    """Claim and drive WORKFLOWS' onboardings alongside other workers on one database.
+
+    Start as many workers as you like, on any machines, against the same
+    PostgreSQL database: each onboarding is leased to one worker at a time
+    (FOR UPDATE SKIP LOCKED), so each transition happens once. Without
+    --follow a worker stops when nothing is left that it can claim; it exits 1
+    if an onboarding it drove did not finish.
+
+    \b
+    Example:
+      python -m engine worker team.yaml --db postgresql+psycopg://iam@dbhost/iam
+      python -m engine worker team.yaml --workers 8 --follow --interval 30
+    """
+    with _runner(workflows, db, quiet, adopt_definition=False) as runner:
+        serving = Worker(runner)
+        serving.enlist()
+        threads = runner.workers_for(workers)
+        outcomes = _serve(serving, threads, quiet)
+        while follow:
+            time.sleep(interval)
+            outcomes += _serve(serving, threads, quiet)
+    _print_outcomes(outcomes, fmt, quiet)
+    if not all(item.settled for item in outcomes):
+        raise SystemExit(EXIT_UNFINISHED)
+
+
+def _serve(serving: Worker, threads: int, quiet: bool) -> list[Outcome]:
+    with Progress(
+        TextColumn("{task.description}"),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("claiming", total=None)
+
+        def show(user: str, state: str) -> None:
+            progress.update(task, description=f"{user} -> {state}")
+
+        def done(_outcome: Outcome) -> None:
+            progress.advance(task)
+
+        return serving.one_pass(threads, show, done)
 
 
 @cli.command()

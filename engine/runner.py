@@ -117,7 +117,7 @@ class Runner:
                 on_done(outcome)
             return outcome
 
-        with self._heartbeat():
+        with self.heartbeat():
             if workers <= 1:
                 return [one(user) for user in users]
             with ThreadPoolExecutor(workers, thread_name_prefix="onboard") as pool:
@@ -176,6 +176,19 @@ class Runner:
             return self._drive_claimed(user, machine, spec, fresh, on_step)
         finally:
             self.store.release(onboarding.id, self.owner)
+
+    def drive_leased(
+        self, user: UserConfig, leased: Onboarding, on_step: ProgressHook | None
+    ) -> Outcome:
+        """Advance an onboarding whose lease this runner already took, then release."""
+        workflow = self.loaded.config.workflow_of(user)
+        spec = self.loaded.config.workflows[workflow]
+        try:
+            return self._drive_claimed(
+                user, self.machines[workflow], spec, leased, on_step
+            )
+        finally:
+            self.store.release(leased.id, self.owner)
 
     def _drive_claimed(
         self,
@@ -272,7 +285,7 @@ class Runner:
         return outcome
 
     @contextmanager
-    def _heartbeat(self) -> Iterator[None]:
+    def heartbeat(self) -> Iterator[None]:
         """Renew every lease this runner holds, every third of a lease, until done."""
         stop = threading.Event()
 

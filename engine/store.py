@@ -215,6 +215,25 @@ class Store:
             claimed: bool = conn.execute(statement).rowcount == 1
         return claimed
 
+    def claim_next(
+        self, owner: str, ttl: timedelta, workflows: list[str], after: int = 0
+    ) -> Onboarding | None:
+        """Lease the first unsettled, unleased onboarding with an id above ``after``.
+
+        On PostgreSQL the candidate row is locked with FOR UPDATE SKIP LOCKED, so
+        workers on several machines each take a different one without waiting.
+        """
+        while True:
+            with self._begin() as conn:
+                row = conn.execute(_next_claimable(workflows, after)).first()
+                if row is None:
+                    return None
+                taken = conn.execute(_take_lease(row.id, owner, ttl)).first()
+            if taken is not None:
+                return _onboarding(taken._mapping)
+            # Another worker took it between our read and our write (SQLite only).
+            after = row.id
+
     def release(self, onboarding_id: int, owner: str) -> None:
         """Give the lease back."""
         statement = (
@@ -363,6 +382,38 @@ def _versioned_update(columns: tuple[str, ...]) -> Any:
             onboardings.c.version == bindparam("_version"),
         )
         .values(assignments)
+        .returning(*onboardings.c)
+    )
+
+
+def _unleased(now: datetime) -> Any:
+    return or_(
+        onboardings.c.lease_owner.is_(None), onboardings.c.lease_expires_at < now
+    )
+
+
+def _next_claimable(workflows: list[str], after: int) -> Any:
+    """Select the next onboarding a worker may take, skipping rows others lock."""
+    return (
+        select(onboardings.c.id)
+        .where(
+            onboardings.c.id > after,
+            onboardings.c.workflow.in_(workflows),
+            onboardings.c.status.not_in((DONE, CANCELLED)),
+            _unleased(utcnow()),
+        )
+        .order_by(onboardings.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def _take_lease(onboarding_id: int, owner: str, ttl: timedelta) -> Any:
+    now = utcnow()
+    return (
+        update(onboardings)
+        .where(onboardings.c.id == onboarding_id, _unleased(now))
+        .values(lease_owner=owner, lease_expires_at=now + ttl)
         .returning(*onboardings.c)
     )
 
