@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import socket
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -73,30 +78,77 @@ def write_file(folder: Path, count: int) -> config.LoadedConfig:
 
 
 @contextmanager
-def moto_clients(max_attempts: int = 3) -> Iterator[tuple[Clients, boto3.Session]]:
+def moto_clients(
+    max_attempts: int = 3,
+) -> Iterator[tuple[Clients, Callable[[], Clients]]]:
     """Yield clients on a fresh in-process moto with AWS managed policies."""
     with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
         session = boto3.Session(region_name="us-east-1")
-        yield (
-            build_clients(
-                session, AwsConfig(max_attempts=max_attempts), endpoint=False
-            ),
-            session,
-        )
+        settings = AwsConfig(max_attempts=max_attempts)
+
+        def more() -> Clients:
+            return build_clients(session, settings, endpoint=False)
+
+        yield more(), more
+
+
+@contextmanager
+def moto_server_clients(
+    max_attempts: int = 3,
+) -> Iterator[tuple[Clients, Callable[[], Clients]]]:
+    """Yield clients on a moto server in its own process, and a maker of more.
+
+    moto then does its work on the other core instead of sharing this
+    process's interpreter lock with the engine, as a far-away AWS would.
+    """
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        settings = AwsConfig(max_attempts=max_attempts, endpoint_url=_wait_for(port))
+        session = boto3.Session(region_name="us-east-1")
+
+        def more() -> Clients:
+            return build_clients(session, settings)
+
+        yield more(), more
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _wait_for(port: int) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port)),
+        ):
+            return f"http://127.0.0.1:{port}"
+        time.sleep(0.1)
+    raise RuntimeError(f"the moto server on port {port} did not start")
 
 
 def runner_for(
-    loaded: config.LoadedConfig, store: Store, clients: Clients, session: boto3.Session
+    loaded: config.LoadedConfig,
+    store: Store,
+    clients: Clients,
+    more: Callable[[], Clients],
 ) -> Runner:
-    """Return a runner whose worker threads get clients from ``session``."""
+    """Return a runner whose worker threads get clients from ``more``."""
     account = AccountFacts(clients.sts.get_caller_identity()["Account"], "us-east-1")
-    settings = AwsConfig(max_attempts=3)
-    target = AwsTarget(
-        clients,
-        account,
-        "bench",
-        new_clients=lambda: build_clients(session, settings, endpoint=False),
-    )
+    target = AwsTarget(clients, account, "bench", new_clients=more)
     secrets = SecretSink(loaded.base_dir / "secrets", "bench/", Redactor())
     return Runner(loaded, store, target, secrets)
 

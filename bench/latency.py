@@ -1,11 +1,14 @@
 """Throughput with a fixed latency added to every AWS call, for 1 to 64 workers.
 
-    python bench/latency.py 64 0.05
+    python -m bench.latency 64 0.05 [--server]
 
 Real IAM calls take 50-150 ms; in-process moto answers in about 2 ms. This
 adds a fixed sleep (second argument, default 0.05 s) to every call, runs N
 onboardings (first argument) with 1, 4, 16 and 64 workers, and compares each
-with the ideal: calls x latency / workers. The last line is a summary.
+with the ideal: calls x latency / workers (workers beyond the number of
+onboardings count for nothing). With --server, moto runs as a server in a
+process of its own, so its work no longer shares this process's interpreter
+lock with the engine. The last line is a summary.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from bench.common import (
     fake_credentials,
     moto_clients,
+    moto_server_clients,
     peak_rss_mb,
     runner_for,
     scratch,
@@ -50,33 +54,41 @@ class CallCounter:
         time.sleep(self.latency)
 
 
-def measure(count: int, workers: int, latency: float) -> tuple[float, float]:
+def measure(
+    count: int, workers: int, latency: float, server: bool
+) -> tuple[float, float]:
     """Return (seconds, ideal seconds) for ``count`` onboardings on ``workers``."""
     counter = CallCounter(latency)
-    with scratch() as folder, moto_clients() as (clients, session):
+    aws = moto_server_clients() if server else moto_clients()
+    with scratch() as folder, aws as (clients, more):
         loaded = write_file(folder, count)
         store = sqlite_store(folder)
-        runner: Runner = runner_for(loaded, store, counter.watch(clients), session)
-        more = runner.target.new_clients
-        assert more is not None
-        runner.target.new_clients = lambda: counter.watch(more())
+        runner: Runner = runner_for(
+            loaded, store, counter.watch(clients), lambda: counter.watch(more())
+        )
         started = time.perf_counter()
         outcomes = runner.run(workers=workers)
         elapsed = time.perf_counter() - started
         store.dispose()
     assert all(item.status == "done" for item in outcomes), outcomes[:3]
-    return elapsed, counter.calls * latency / workers
+    return elapsed, counter.calls * latency / min(workers, count)
 
 
 def main() -> None:
     """Print throughput per worker count against the ideal."""
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 64
-    latency = float(sys.argv[2]) if len(sys.argv) > 2 else 0.05
+    server = "--server" in sys.argv
+    numbers = [arg for arg in sys.argv[1:] if arg != "--server"]
+    count = int(numbers[0]) if numbers else 64
+    latency = float(numbers[1]) if len(numbers) > 1 else 0.05
     fake_credentials()
-    print(f"{count} onboardings, {latency * 1000:.0f} ms added to every AWS call")
+    where = "a moto server in another process" if server else "in-process moto"
+    print(
+        f"{count} onboardings on {where}, "
+        f"{latency * 1000:.0f} ms added to every AWS call"
+    )
     shares = []
     for workers in WORKER_COUNTS:
-        elapsed, ideal = measure(count, workers, latency)
+        elapsed, ideal = measure(count, workers, latency, server)
         share = ideal / elapsed
         shares.append(f"w{workers}={share:.0%}")
         print(
@@ -85,7 +97,7 @@ def main() -> None:
             f"ideal {ideal:6.2f} s  ({share:.0%} of ideal)"
         )
     print(f"peak RSS {peak_rss_mb():.0f} MB")
-    print(f"summary: n={count} latency={latency}s " + " ".join(shares))
+    print(f"summary: n={count} latency={latency}s server={server} " + " ".join(shares))
 
 
 if __name__ == "__main__":

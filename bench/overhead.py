@@ -30,10 +30,10 @@ from steps.base import AccountFacts, StepContext
 
 def engine_run(count: int) -> float:
     """Time N onboardings through the runner."""
-    with scratch() as folder, moto_clients() as (clients, session):
+    with scratch() as folder, moto_clients() as (clients, more):
         loaded = write_file(folder, count)
         store = sqlite_store(folder)
-        runner = runner_for(loaded, store, clients, session)
+        runner = runner_for(loaded, store, clients, more)
         started = time.perf_counter()
         outcomes = runner.run()
         elapsed = time.perf_counter() - started
@@ -44,7 +44,7 @@ def engine_run(count: int) -> float:
 
 def bare_run(count: int) -> float:
     """Time the same step functions called one after another, no engine."""
-    with scratch() as folder, moto_clients() as (clients, _session):
+    with scratch() as folder, moto_clients() as (clients, _more):
         loaded = write_file(folder, count)
         workflow = loaded.config.workflows["standard"]
         account = AccountFacts(
