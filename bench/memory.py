@@ -5,12 +5,14 @@
 Runs the engine over N/10 users and then over N users (first argument,
 default 10,000), each in a fresh process, with every step replaced by one that
 does nothing: what is measured is the engine itself (file, store, runner,
-history), not moto. Prints resident memory after loading the file and at the
-run's peak for each size; the last line is a summary.
+history), not moto. Prints resident memory after loading the file, after the
+run, and the peak, for each size; the last line is a summary of what the run
+itself added.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -40,7 +42,7 @@ def measure_one(count: int) -> None:
         REGISTRY[name] = _nothing
     with scratch() as folder:
         loaded = write_file(folder, count)
-        loaded_mb = peak_rss_mb()
+        loaded_mb = current_rss_mb()
         store = sqlite_store(folder)
         clients = Clients(*[None] * len(Clients.__dataclass_fields__))
         target = AwsTarget(clients, AccountFacts("123456789012", "us-east-1"), "none")
@@ -50,18 +52,29 @@ def measure_one(count: int) -> None:
         elapsed = time.perf_counter() - started
         store.dispose()
     assert all(item.status == "done" for item in outcomes), outcomes[:3]
-    print(f"{count} {elapsed:.2f} {loaded_mb:.1f} {peak_rss_mb():.1f}")
+    print(
+        f"{count} {elapsed:.2f} {loaded_mb:.1f} {current_rss_mb():.1f} "
+        f"{peak_rss_mb():.1f}"
+    )
 
 
-def _in_child(count: int) -> tuple[float, float, float]:
+def current_rss_mb() -> float:
+    """Return the process's resident memory now, in MB (Linux)."""
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _in_child(count: int) -> tuple[float, float, float, float]:
     done = subprocess.run(
         [sys.executable, "-m", "bench.memory", "--one", str(count)],
         capture_output=True,
         text=True,
         check=True,
     )
-    _, elapsed, loaded_mb, peak_mb = done.stdout.split()
-    return float(elapsed), float(loaded_mb), float(peak_mb)
+    _, *figures = done.stdout.split()
+    elapsed, loaded_mb, after_mb, peak_mb = map(float, figures)
+    return elapsed, loaded_mb, after_mb, peak_mb
 
 
 def main() -> None:
@@ -70,12 +83,12 @@ def main() -> None:
     sizes = (max(count // 10, 1), count)
     figures = {}
     for size in sizes:
-        elapsed, loaded_mb, peak_mb = _in_child(size)
-        figures[size] = peak_mb - loaded_mb
+        elapsed, loaded_mb, after_mb, peak_mb = _in_child(size)
+        figures[size] = after_mb - loaded_mb
         print(
-            f"users={size:6}  {elapsed:7.2f} s  after loading the file "
-            f"{loaded_mb:6.1f} MB  peak {peak_mb:6.1f} MB  "
-            f"run added {peak_mb - loaded_mb:5.1f} MB"
+            f"users={size:6}  {elapsed:7.2f} s  RSS after loading the file "
+            f"{loaded_mb:6.1f} MB, after the run {after_mb:6.1f} MB "
+            f"(the run added {after_mb - loaded_mb:5.1f} MB)  peak {peak_mb:6.1f} MB"
         )
     small, big = sizes
     per_thousand = (figures[big] - figures[small]) / ((big - small) / 1000)

@@ -3,7 +3,7 @@
 Exit codes: 0 success; 1 some onboarding did not finish; 2 bad input (the
 file or the command line); 3 the database or AWS cannot be used; 4 an
 internal error (a bug: run again with --debug and report the traceback);
-130 interrupted.
+5 every onboarding finished or waits for its user to enrol MFA; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from engine import cli_output, config, operator, store
 from engine.aws import open_target
 from engine.errors import EngineError
 from engine.faults import FaultPoints
+from engine.review import Reviewer, UserReview
 from engine.runner import Outcome, Runner, default_actor
 from engine.secrets import Redactor, SecretSink
 from engine.worker import Worker
@@ -46,6 +47,7 @@ EXIT_UNFINISHED, EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED =
     4,
     130,
 )
+EXIT_WAITING = 5
 
 log = logging.getLogger("engine")
 REDACTOR = Redactor()
@@ -133,7 +135,8 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
       python -m engine history --user alice --format json
 
     Exit codes: 0 success, 1 an onboarding did not finish, 2 bad input,
-    3 database or AWS unavailable, 4 internal error, 130 interrupted.
+    3 database or AWS unavailable, 4 internal error, 5 waiting for users to
+    enrol MFA, 130 interrupted.
     """
     ctx.obj = {"debug": debug}
     _setup_logging(verbose, debug)
@@ -205,6 +208,21 @@ def _sandbox_file(loaded: config.LoadedConfig, url: str) -> Path:
     is_flag=True,
     help="Continue onboardings whose workflow changed under them, from their state.",
 )
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=click.FloatRange(0, 7 * 24 * 3600),
+    default=0,
+    metavar="TIMEOUT",
+    help="Seconds to keep checking users who must enrol MFA (mfa: self-service).",
+)
+@click.option(
+    "--wait-interval",
+    type=click.FloatRange(0.01, 3600),
+    default=15.0,
+    show_default=True,
+    help="Seconds between checks with --wait.",
+)
 def run(
     workflows: str,
     db: str | None,
@@ -212,6 +230,8 @@ def run(
     quiet: bool,
     workers: int,
     adopt_definition: bool,
+    wait_seconds: float,
+    wait_interval: float,
 ) -> None:
     """Run every onboarding in WORKFLOWS, resuming unfinished ones where they stopped.
 
@@ -221,12 +241,22 @@ def run(
       python -m engine run workflows.yaml --format json --quiet
       python -m engine run team.yaml --workers 8
       python -m engine run workflows.yaml --db postgresql+psycopg://user@dbhost/iam
+      python -m engine run people.yaml --wait 3600 --wait-interval 30
+
+    Exit code 5: every onboarding finished, or waits for its user to enrol an
+    MFA device (mfa: self-service); run again later, or use --wait.
     """
     with _runner(workflows, db, quiet, adopt_definition) as runner:
         outcomes = _run_with_progress(runner, runner.workers_for(workers), quiet)
+        if wait_seconds > 0 and any(item.waiting for item in outcomes):
+            if not quiet:
+                click.echo(f"waiting up to {wait_seconds:g} s for MFA", err=True)
+            outcomes = runner.wait_for_users(outcomes, wait_seconds, wait_interval)
     _print_outcomes(outcomes, fmt, quiet)
-    if not all(item.settled for item in outcomes):
+    if not all(item.settled or item.waiting for item in outcomes):
         raise SystemExit(EXIT_UNFINISHED)
+    if not all(item.settled for item in outcomes):
+        raise SystemExit(EXIT_WAITING)
 
 
 @contextmanager
@@ -346,6 +376,12 @@ def worker(
         while follow:
             time.sleep(interval)
             outcomes += _serve(serving, threads, quiet)
+    if not outcomes and fmt == "table" and not quiet:
+        click.echo(
+            "Nothing to claim: every onboarding is complete, cancelled, or held by "
+            "another worker."
+        )
+        return
     _print_outcomes(outcomes, fmt, quiet)
     if not all(item.settled for item in outcomes):
         raise SystemExit(EXIT_UNFINISHED)
@@ -431,6 +467,65 @@ def status(path: str, db: str | None, fmt: str) -> None:
         click.echo(json.dumps(rows, indent=2, default=str))
     else:
         _stdout().print(cli_output.status_table(rows))
+
+
+@cli.command()
+@click.argument("workflows")
+@DB_OPTION
+@click.option("--user", help="Only this user (case ignored).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "markdown"]),
+    default="table",
+    show_default=True,
+)
+def review(workflows: str, db: str | None, user: str | None, fmt: str) -> None:
+    """Audit every onboarded user in WORKFLOWS again; record drift in the history.
+
+    A user is reviewed once its onboarding has passed every state before the
+    review step. For a finished onboarding a history row (trigger review) is
+    written when its findings differ from the last recorded review.
+
+    \b
+    Example:
+      python -m engine review workflows.yaml
+      python -m engine review workflows.yaml --user ci-deployer --format json
+      python -m engine review workflows.yaml --format markdown > review.md
+
+    Exit codes: 0 no high-severity finding, 1 at least one, 2 bad input,
+    3 database or AWS unavailable.
+    """
+    loaded = _load(workflows)
+    if user and not any(u.name.lower() == user.lower() for u in loaded.config.users):
+        raise click.BadParameter(f"no user {user} in {workflows}", param_hint="--user")
+    url = store.resolve_url(db, loaded.database_url())
+    engine_store = store.open_store(url, must_exist=True)
+    secrets = SecretSink(
+        loaded.resolve(loaded.config.secrets.mfa_seed_dir),
+        loaded.config.secrets.secret_prefix,
+        REDACTOR,
+    )
+    target = open_target(loaded.config.aws, _sandbox_file(loaded, url))
+    try:
+        reviewer = Reviewer(loaded, engine_store, target, secrets, default_actor())
+        reviews = reviewer.review(user)
+    finally:
+        target.close()
+        engine_store.dispose()
+    _print_reviews(reviews, fmt)
+    if any(item.high for item in reviews):
+        raise SystemExit(EXIT_UNFINISHED)
+
+
+def _print_reviews(reviews: list[UserReview], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(cli_output.review_json(reviews), indent=2))
+    elif fmt == "markdown":
+        click.echo(cli_output.review_markdown(reviews))
+    else:
+        _stdout().print(cli_output.review_table(reviews))
+    click.echo(cli_output.review_summary(reviews), err=fmt != "table")
 
 
 def _operator_options(command: Any) -> Any:

@@ -25,7 +25,18 @@ from steps.base import AccountFacts, Clients
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("iam", "sts", "s3", "cloudtrail", "secretsmanager", "ec2")
+SERVICES = (
+    "iam",
+    "sts",
+    "s3",
+    "cloudtrail",
+    "secretsmanager",
+    "ec2",
+    "kms",
+    "logs",
+    "cloudwatch",
+    "sns",
+)
 
 
 @dataclass

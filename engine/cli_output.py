@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
+from engine.review import UserReview
 from engine.runner import Outcome
 from engine.store import Onboarding
 
@@ -33,19 +34,26 @@ def outcomes_json(outcomes: list[Outcome]) -> list[dict[str, Any]]:
 def summary_line(outcomes: list[Outcome]) -> str:
     """Return one sentence that says what the run did."""
     changed = [item for item in outcomes if item.entered]
-    unfinished = [item for item in outcomes if not item.settled]
+    waiting = [item.user for item in outcomes if item.waiting]
+    unfinished = [item for item in outcomes if not item.settled and not item.waiting]
     cancelled = sum(item.status == "cancelled" for item in outcomes)
-    if not changed and not unfinished:
+    if not changed and not unfinished and not waiting:
         also = f" or cancelled ({cancelled})" if cancelled else ""
         return (
             f"Nothing to do: all {len(outcomes)} onboardings are already complete"
             f"{also}; nothing was changed."
         )
-    done = len(outcomes) - len(unfinished) - cancelled
+    done = len(outcomes) - len(unfinished) - len(waiting) - cancelled
     text = (
         f"{len(outcomes)} onboardings: {done} complete, {cancelled} cancelled, "
-        f"{len(unfinished)} not finished; {len(changed)} advanced this run."
+        f"{len(waiting)} waiting, {len(unfinished)} not finished; "
+        f"{len(changed)} advanced this run."
     )
+    if waiting:
+        text += (
+            f" Waiting for MFA enrolment: {', '.join(waiting)} (run again, or "
+            "run --wait SECONDS, once they have signed in)."
+        )
     if unfinished:
         names = ", ".join(item.user for item in unfinished)
         text += f" Not finished: {names} (see the table; fix the cause and run again)."
@@ -174,3 +182,70 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
     for row in rows:
         table.add_row(*(str(row.get(column) or "") for column in STATUS_COLUMNS))
     return table
+
+
+REVIEW_COLUMNS = ("user", "severity", "id", "control", "resource", "message", "fix")
+
+
+def _review_rows(reviews: list[UserReview]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for item in reviews:
+        note = f"not reviewed: {item.skipped}" if item.skipped else "no findings"
+        if item.skipped or not item.findings:
+            rows.append((item.user, "-", "-", "-", "-", note, ""))
+        for f in item.findings:
+            fields = (f.severity, f.id, f.control, f.resource, f.message, f.remediation)
+            rows.append((item.user, *fields))
+    return rows
+
+
+def review_table(reviews: list[UserReview]) -> Table:
+    """Return the review's findings as a table, one row per finding."""
+    table = Table(title="Review findings")
+    for column in REVIEW_COLUMNS:
+        table.add_column(column, overflow="fold")
+    for row in _review_rows(reviews):
+        table.add_row(*row)
+    return table
+
+
+def review_markdown(reviews: list[UserReview]) -> str:
+    """Return the review's findings as a Markdown table."""
+    lines = [
+        "| " + " | ".join(REVIEW_COLUMNS) + " |",
+        "|" + "---|" * len(REVIEW_COLUMNS),
+    ]
+    for row in _review_rows(reviews):
+        cells = (cell.replace("|", "\\|").replace("\n", " ") for cell in row)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def review_json(reviews: list[UserReview]) -> list[dict[str, Any]]:
+    """Return each user's review as plain objects."""
+    return [
+        {
+            "user": item.user,
+            "state": item.state,
+            "reviewed": item.skipped is None,
+            "skipped": item.skipped,
+            "recorded": item.recorded,
+            "high": item.high,
+            "findings": [f.as_dict() for f in item.findings],
+        }
+        for item in reviews
+    ]
+
+
+def review_summary(reviews: list[UserReview]) -> str:
+    """Return one sentence that says what the review found and recorded."""
+    done = [item for item in reviews if item.skipped is None]
+    high = [item.user for item in done if item.high]
+    recorded = sum(item.recorded is not None for item in done)
+    text = (
+        f"{len(done)} users reviewed, {len(reviews) - len(done)} not yet; "
+        f"{len(high)} with high-severity findings; {recorded} history rows recorded."
+    )
+    if high:
+        text += f" High findings: {', '.join(high)} (see the fix column)."
+    return text

@@ -21,7 +21,7 @@ from pydantic import (
 
 from engine import yamlsafe
 from engine.errors import ConfigError
-from engine.policies import admin_grant
+from engine.policies import admin_reasons, generate, lint
 
 # IAM's own limits, checked here so that AWS is never asked with a bad name.
 IamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+=,.@-]{1,64}$")]
@@ -47,9 +47,24 @@ PATTERN_HINTS = {
     "path": "an IAM path starts and ends with / (for example /people/)",
     "region": "not an AWS region name (for example us-east-1)",
     "service": "a service principal such as ec2.amazonaws.com",
+    "mfa_device_name": "1-226 ASCII letters, digits and +=,.@_-",
     "trail_name": "3-128 letters, digits, periods, underscores or dashes",
     "bucket": "not a valid S3 bucket name (3-63 lowercase letters, digits, . and -)",
+    "access_log_bucket": "not a valid S3 bucket name (3-63 lowercase letters, "
+    "digits, . and -)",
+    "kms_key_alias": "a KMS alias such as alias/trail-logs (letters, digits, /_-)",
+    "log_group": "1-512 letters, digits and _./#-",
+    "logs_role": "not a valid IAM name (1-64 ASCII letters, digits and +=,.@_-)",
+    "alarm_topic": "an SNS topic name: 1-256 letters, digits, _ and -",
+    "alarm_name": "1-255 letters, digits, _, . and -",
+    "alarm_email": "an email address such as security@example.com",
 }
+RESOURCE_HINT = "not a resource ARN (for example arn:aws:s3:::northwind-curated/*)"
+PATTERN_HINTS.update(
+    {level: RESOURCE_HINT for level in ("read", "write", "list", "tagging")},
+    **{"permissions-management": RESOURCE_HINT},
+    instance_ids="an EC2 instance id such as i-0123456789abcdef0",
+)
 ARN_HINT = "not a policy ARN (for example arn:aws:iam::aws:policy/ReadOnlyAccess)"
 
 
@@ -88,6 +103,9 @@ def _check_document(document: dict[str, Any]) -> dict[str, Any]:
         first = err.errors(include_url=False)[0]
         where = _dotted(tuple(first["loc"])) or "document"
         raise ValueError(f"policy document {where}: {first['msg']}") from None
+    problems = lint(document)
+    if problems:
+        raise ValueError(f"parliament finds {problems[0]}")
     return document
 
 
@@ -148,22 +166,132 @@ class MonitoringConfig(_Strict):
     bucket: str | None = Field(
         default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
     )
+    access_log_bucket: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+    )
+    kms_key_alias: str = Field(
+        default="alias/iam-onboarding-trail", pattern=r"^alias/[A-Za-z0-9/_-]{1,250}$"
+    )
+    log_group: str = Field(
+        default="iam-onboarding-trail", pattern=r"^[A-Za-z0-9_./#-]{1,512}$"
+    )
+    logs_role: IamName = "iam-onboarding-trail-to-logs"
+    alarm_topic: str = Field(
+        default="iam-onboarding-alarms", pattern=r"^[A-Za-z0-9_-]{1,256}$"
+    )
+    alarm_name: str = Field(
+        default="iam-onboarding-iam-policy-changes", pattern=r"^[A-Za-z0-9_.-]{1,255}$"
+    )
+    alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+    @field_validator("kms_key_alias")
+    @classmethod
+    def _not_aws_alias(cls, value: str) -> str:
+        if value.startswith("alias/aws/"):
+            raise ValueError("alias/aws/ names AWS managed keys; choose another alias")
+        return value
 
 
-class GroupConfig(_Strict):
-    """An IAM group the file manages, with its policies."""
+ResourceArn = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^arn:aws[\w-]*:[a-z0-9-]+:[a-z0-9-]*:(\d{12}|\*)?:\S+$"
+    ),
+]
+InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{8,17}$")]
+
+
+class AccessLevels(_Strict):
+    """Access levels over resource ARNs, written into a policy by policy_sentry."""
+
+    read: list[ResourceArn] = []
+    write: list[ResourceArn] = []
+    listing: list[ResourceArn] = Field(default=[], alias="list")
+    tagging: list[ResourceArn] = []
+    permissions_management: list[ResourceArn] = Field(
+        default=[], alias="permissions-management"
+    )
+
+    @model_validator(mode="after")
+    def _writable(self) -> AccessLevels:
+        if not self.levels():
+            raise ValueError(
+                "name a level: read, write, list, tagging or permissions-management"
+            )
+        self.document()
+        return self
+
+    def levels(self) -> dict[str, list[str]]:
+        """Return the levels that name resources, keyed as policy_sentry wants."""
+        dumped = self.model_dump(by_alias=True)
+        return {level: arns for level, arns in dumped.items() if arns}
+
+    def document(self) -> dict[str, Any]:
+        """Return the least-privilege policy for these levels."""
+        return generate(self.levels())
+
+
+class CustomerPolicy(_Strict):
+    """A customer managed policy the engine creates and keeps at the file's text."""
+
+    name: IamName
+    document: PolicyDocument | None = None
+    access: AccessLevels | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CustomerPolicy:
+        if (self.document is None) == (self.access is None):
+            raise ValueError("give a customer policy one of document or access")
+        return self
+
+    def policy_document(self) -> dict[str, Any]:
+        """Return the document, written out when the file gives access levels."""
+        return self.access.document() if self.access else dict(self.document or {})
+
+
+class PolicyHolder(_Strict):
+    """The policies a group, a user or a service role holds."""
 
     managed_policies: list[PolicyArn] = []
     inline_policy: PolicyDocument | None = None
+    access: AccessLevels | None = None
+    customer_policies: list[CustomerPolicy] = []
+
+    def file_documents(self) -> list[tuple[tuple[str | int, ...], dict[str, Any]]]:
+        """Return each document the file itself gives, with the field it is under."""
+        found: list[tuple[tuple[str | int, ...], dict[str, Any]]] = []
+        if self.inline_policy is not None:
+            found.append((("inline_policy",), self.inline_policy))
+        if self.access is not None:
+            found.append((("access",), self.access.document()))
+        for index, policy in enumerate(self.customer_policies):
+            found.append((("customer_policies", index), policy.policy_document()))
+        return found
 
 
-class ServiceRoleConfig(_Strict):
+class GroupConfig(PolicyHolder):
+    """An IAM group the file manages, with its policies."""
+
+
+class ServiceRoleConfig(PolicyHolder):
     """A role that a service (EC2, Lambda, ...) assumes instead of using keys."""
 
     service: str = Field(pattern=r"^[a-z0-9.-]+\.amazonaws\.com$")
     name: RoleName | None = None
-    managed_policies: list[PolicyArn] = []
-    inline_policy: PolicyDocument | None = None
+    permissions_boundary: PolicyArn | None = None
+    instance_ids: list[InstanceId] = []
+
+    @model_validator(mode="after")
+    def _instances_need_ec2(self) -> ServiceRoleConfig:
+        if self.instance_ids and self.service != "ec2.amazonaws.com":
+            raise ValueError("instance_ids need service: ec2.amazonaws.com")
+        return self
+
+
+class DirectPolicies(_Strict):
+    """An explicit, recorded exception to "permissions only through groups"."""
+
+    reason: str = Field(min_length=10)
 
 
 class AllowAdmin(_Strict):
@@ -172,7 +300,7 @@ class AllowAdmin(_Strict):
     reason: str = Field(min_length=10)
 
 
-class UserConfig(_Strict):
+class UserConfig(PolicyHolder):
     """One IAM user to onboard."""
 
     name: IamName
@@ -181,10 +309,12 @@ class UserConfig(_Strict):
     tags: dict[TagKey, TagValue] = Field(default={}, max_length=MAX_TAGS)
     permissions_boundary: PolicyArn | None = None
     groups: list[str] = []
-    managed_policies: list[PolicyArn] = []
-    inline_policy: PolicyDocument | None = None
+    direct_policies: DirectPolicies | None = None
     allow_admin: AllowAdmin | None = None
-    mfa: Literal["virtual", "none"] = "virtual"
+    mfa: Literal["virtual", "self-service", "none"] = "virtual"
+    mfa_device_name: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_+=,.@-]{1,226}$"
+    )
     programmatic_access: bool = False
     service_role: ServiceRoleConfig | None = None
 
@@ -211,6 +341,8 @@ class WorkflowConfig(_Strict):
     )
     steps: dict[str, str]
     key_max_age_days: int = Field(default=90, ge=1, le=3650)
+    key_grace_days: int = Field(default=7, ge=0, le=365)
+    unused_credentials_days: int = Field(default=45, ge=1, le=3650)
     retry: RetryConfig = RetryConfig()
 
     def definition(self) -> str:
@@ -334,6 +466,7 @@ def _check_references(
 ) -> None:
     for wf_name, workflow in config.workflows.items():
         _check_workflow(name, doc, wf_name, workflow, known_steps)
+    _check_monitoring(name, doc, config.monitoring)
     seen: dict[str, int] = {}
     for index, user in enumerate(config.users):
         where = ("users", index)
@@ -347,6 +480,7 @@ def _check_references(
             )
         seen[user.name.lower()] = index
         _check_user(name, doc, config, user, where)
+    _check_customer_policies(name, doc, config)
 
 
 def _check_workflow(
@@ -381,6 +515,16 @@ def _check_workflow(
             )
 
 
+def _check_monitoring(name: str, doc: Any, monitoring: MonitoringConfig) -> None:
+    if monitoring.bucket and monitoring.bucket == monitoring.access_log_bucket:
+        _fail(
+            name,
+            doc,
+            ("monitoring", "access_log_bucket"),
+            "must differ from monitoring.bucket (a bucket cannot log to itself)",
+        )
+
+
 def _check_user(
     name: str, doc: Any, config: Config, user: UserConfig, where: tuple[Any, ...]
 ) -> None:
@@ -392,7 +536,11 @@ def _check_user(
             "required when the file has several workflows",
         )
     if user.allow_admin is None:
-        _check_admin(name, doc, user, where)
+        _check_admin(name, doc, config, user, where)
+    if user.direct_policies is None:
+        _check_direct(name, doc, user, where)
+    if user.mfa_device_name is not None and user.mfa != "virtual":
+        _fail(name, doc, (*where, "mfa_device_name"), "only used with mfa: virtual")
     if user.workflow is not None and user.workflow not in config.workflows:
         _fail(
             name,
@@ -410,16 +558,76 @@ def _check_user(
             )
 
 
-def _check_admin(name: str, doc: Any, user: UserConfig, where: tuple[Any, ...]) -> None:
-    for index, arn in enumerate(user.managed_policies):
+def _check_admin(
+    name: str, doc: Any, config: Config, user: UserConfig, where: tuple[Any, ...]
+) -> None:
+    found = _admin_in(user)
+    if found:
+        _fail(name, doc, (*where, *found[0]), _refused(found[1]))
+    for index, group in enumerate(user.groups):
+        found = _admin_in(config.groups[group]) if group in config.groups else None
+        if found:
+            why = f"group {group} {_dotted(found[0])}: {found[1]}"
+            _fail(name, doc, (*where, "groups", index), _refused(why))
+    found = _admin_in(user.service_role) if user.service_role else None
+    if found:
+        _fail(name, doc, (*where, "service_role", *found[0]), _refused(found[1]))
+
+
+def _admin_in(holder: PolicyHolder) -> tuple[tuple[Any, ...], str] | None:
+    """Return the field and reason of a holder's first admin-style grant."""
+    for index, arn in enumerate(holder.managed_policies):
         if arn in ADMIN_POLICY_ARNS:
-            _fail(name, doc, (*where, "managed_policies", index), _ADMIN_REFUSED)
-    if user.inline_policy is not None and admin_grant(user.inline_policy):
-        _fail(name, doc, (*where, "inline_policy"), _ADMIN_REFUSED)
+            return ("managed_policies", index), f"{arn} is admin-style"
+    for field, document in holder.file_documents():
+        reasons = admin_reasons(document)
+        if reasons:
+            return field, reasons[0]
+    return None
 
 
-_ADMIN_REFUSED = (
-    "grants admin-style access; remove it, or add allow_admin with a reason"
+def _refused(reason: str) -> str:
+    return (
+        f"grants admin-style access ({reason}); remove it, or add allow_admin "
+        "with a reason"
+    )
+
+
+def _check_customer_policies(name: str, doc: Any, config: Config) -> None:
+    """Refuse one customer managed policy name declared with two documents."""
+    seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+    for where, holder in _policy_holders(config):
+        for index, policy in enumerate(holder.customer_policies):
+            location = (*where, "customer_policies", index)
+            document = policy.policy_document()
+            first = seen.setdefault(policy.name.lower(), (location, document))
+            if first[1] != document:
+                why = f"{policy.name} is also {_dotted(first[0])} with another text"
+                _fail(name, doc, (*location, "name"), why)
+
+
+def _policy_holders(config: Config) -> list[tuple[tuple[Any, ...], PolicyHolder]]:
+    found: list[tuple[tuple[Any, ...], PolicyHolder]] = [
+        (("groups", group), holder) for group, holder in config.groups.items()
+    ]
+    for index, user in enumerate(config.users):
+        found.append((("users", index), user))
+        if user.service_role is not None:
+            found.append((("users", index, "service_role"), user.service_role))
+    return found
+
+
+def _check_direct(
+    name: str, doc: Any, user: UserConfig, where: tuple[Any, ...]
+) -> None:
+    for field in ("managed_policies", "inline_policy", "access", "customer_policies"):
+        if getattr(user, field):
+            _fail(name, doc, (*where, field), _DIRECT_REFUSED)
+
+
+_DIRECT_REFUSED = (
+    "users get permissions only through groups (CIS 1.15); move it to a group, "
+    "or add direct_policies with a reason"
 )
 
 

@@ -5,8 +5,9 @@
     ├── StoreError              the database cannot be opened or migrated (exit 3)
     ├── AwsSetupError           no usable AWS target: credentials, sandbox (exit 3)
     ├── OperatorError           an operator command that cannot apply (exit 2)
-    └── StepError               one step failed for one onboarding (exit 1)
-        └── PolicyRefused       a policy grants more than the user entry allows
+    ├── StepError               one step failed for one onboarding (exit 1)
+    │   └── PolicyRefused       a policy grants more than the user entry allows
+    └── AwaitingUser            a step waits for its user to act: not a failure (exit 5)
 
 Every message names what was involved and what the user can do next. Only
 the CLI turns these into exit codes and one-line messages.
@@ -86,3 +87,19 @@ class PolicyRefused(StepError):
             code="PolicyRefused",
             detail={"policy": source, "reason": reason},
         )
+
+
+class AwaitingUser(EngineError):
+    """A step did all it can and waits for its user (to enrol MFA); not a failure."""
+
+    exit_code = 5
+
+    def __init__(
+        self,
+        message: str,
+        code: str = "AwaitingMFA",
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.code = code
+        self.detail = detail or {}
+        super().__init__(message)

@@ -20,19 +20,21 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from engine.aws import AwsTarget
 from engine.config import LoadedConfig, RetryConfig, UserConfig, WorkflowConfig
-from engine.errors import StepError, StoreError
+from engine.errors import AwaitingUser, StepError, StoreError
 from engine.faults import FaultPoints
-from engine.leases import is_dead_here, make_owner
+from engine.leases import AccountLocks, is_dead_here, make_owner
 from engine.machine import Cursor, WorkflowMachine
 from engine.retry import backoff_seconds, is_transient
 from engine.secrets import SecretSink
 from engine.store import (
+    AWAITING_MFA,
     CANCELLED,
     DONE,
     FAILED,
     OPERATOR,
     RUNNING,
     START_STATE,
+    WAITING,
     Onboarding,
     Store,
     Transition,
@@ -60,6 +62,11 @@ class Outcome:
     def settled(self) -> bool:
         """Tell whether nothing is left to do: complete, or cancelled by an operator."""
         return self.status in (DONE, CANCELLED)
+
+    @property
+    def waiting(self) -> bool:
+        """Tell whether the onboarding waits for its user to enrol an MFA device."""
+        return self.status == AWAITING_MFA
 
 
 ProgressHook = Callable[[str, str], None]
@@ -94,6 +101,7 @@ class Runner:
         self.secrets = secrets
         self.actor = default_actor()
         self.owner = make_owner()
+        target.account.guard = AccountLocks(store, self.owner, LEASE).hold
         self.rng = random.Random()
         self.sleep: Callable[[float], None] = time.sleep
         config = loaded.config
@@ -272,6 +280,9 @@ class Runner:
                 onboarding, transient = self._advance(
                     user, machine, cursor, onboarding, dest
                 )
+                if onboarding.status == AWAITING_MFA:
+                    outcome.error = onboarding.last_error
+                    break
                 if onboarding.status != FAILED:
                     outcome.entered.append(dest)
                     continue
@@ -337,6 +348,8 @@ class Runner:
             machine.advance(cursor)
         except StoreError:
             raise
+        except AwaitingUser as wait:
+            return self._record_waiting(context, current, dest, started, wait), False
         except Exception as err:  # noqa: BLE001 - every failure is recorded, none hidden
             failed = self._record_failure(context, current, dest, started, err)
             return failed, is_transient(err)
@@ -346,6 +359,49 @@ class Runner:
         status = DONE if dest == machine.final else RUNNING
         context.log.info("step %s finished", dest)
         return self._record(current, dest, started, "ok", detail, status=status), False
+
+    def _record_waiting(
+        self,
+        context: StepContext,
+        current: Onboarding,
+        dest: str,
+        started: Any,
+        wait: AwaitingUser,
+    ) -> Onboarding:
+        context.log.info("step %s waits for the user: %s", dest, wait)
+        return self._record(
+            current,
+            dest,
+            started,
+            WAITING,
+            wait.detail,
+            status=AWAITING_MFA,
+            code=wait.code,
+            message=str(wait),
+        )
+
+    def wait_for_users(
+        self, outcomes: list[Outcome], timeout: float, interval: float
+    ) -> list[Outcome]:
+        """Drive waiting onboardings again, every ``interval`` s, for ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        users = {user.name: user for user in self.loaded.config.users}
+        while any(item.waiting for item in outcomes):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.sleep(min(interval, left))
+            with self.heartbeat():
+                outcomes = [
+                    self._drive_again(users[item.user], item) if item.waiting else item
+                    for item in outcomes
+                ]
+        return outcomes
+
+    def _drive_again(self, user: UserConfig, before: Outcome) -> Outcome:
+        after = self.drive(user)
+        after.entered[:0] = before.entered
+        return after
 
     def _record_failure(
         self,

@@ -8,22 +8,60 @@ so a file that names arn:aws:iam::aws:policy/... works as it would on AWS.
 
 from __future__ import annotations
 
+import copyreg
+import functools
 import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from moto import mock_aws
 from moto.backends import get_backend
 from moto.core import DEFAULT_ACCOUNT_ID
 
+from engine.aws import SERVICES
 from engine.errors import AwsSetupError
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_SERVICES = ("iam", "sts", "s3", "cloudtrail", "secretsmanager", "ec2")
+# Every service the steps use keeps its state between sandbox runs.
+SNAPSHOT_SERVICES = SERVICES
 FORMAT = 1
+
+
+def _pickler(handle: IO[bytes]) -> pickle.Pickler:
+    """Return a pickler that also handles the private keys moto's KMS keys hold."""
+    pickler = pickle.Pickler(handle, protocol=pickle.HIGHEST_PROTOCOL)
+    table: dict[type, Any] = dict(copyreg.dispatch_table)
+    table.update({kind: _reduce_private_key for kind in _private_key_types()})
+    pickler.dispatch_table = table
+    return pickler
+
+
+@functools.cache
+def _private_key_types() -> tuple[type, ...]:
+    # cryptography's key classes are abstract; pickle looks up the concrete ones.
+    return (
+        type(rsa.generate_private_key(public_exponent=65537, key_size=1024)),
+        type(ec.generate_private_key(ec.SECP256R1())),
+    )
+
+
+def _reduce_private_key(key: Any) -> tuple[Any, tuple[bytes]]:
+    der = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return _load_private_key, (der,)
+
+
+def _load_private_key(der: bytes) -> Any:
+    """Rebuild a private key pickled by the sandbox."""
+    return serialization.load_der_private_key(der, password=None)
 
 
 class Sandbox:
@@ -60,7 +98,7 @@ class Sandbox:
         temporary = self.path.with_suffix(".tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
-            pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            _pickler(handle).dump(state)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)

@@ -1,4 +1,4 @@
-"""Where secrets go: MFA seeds to 0600 files, access keys to Secrets Manager.
+"""Where secrets go: MFA seeds to 0600 files, keys and passwords to Secrets Manager.
 
 Every secret that passes through here is also given to the Redactor, a
 logging filter that masks it in any record, so that a careless message can
@@ -10,14 +10,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import string
 import threading
 from pathlib import Path
+from random import SystemRandom
 from typing import Any
 from urllib.parse import quote
 
+import qrcode
+import qrcode.image.svg
 from botocore.exceptions import ClientError
 
 MASK = "[redacted]"
+# The symbols IAM password policies count; every class appears in a new password.
+PASSWORD_SYMBOLS = "!@#$%^&*()_+-=[]{}|"
+PASSWORD_CLASSES = (
+    string.ascii_uppercase,
+    string.ascii_lowercase,
+    string.digits,
+    PASSWORD_SYMBOLS,
+)
 
 
 class Redactor(logging.Filter):
@@ -62,6 +74,10 @@ class SecretSink:
         """Return the 0600 file that holds a user's MFA seed."""
         return self.seed_dir / f"{user}.mfa"
 
+    def qr_path(self, user: str) -> Path:
+        """Return the 0600 SVG file with the QR code of a user's otpauth URI."""
+        return self.seed_dir / f"{user}.mfa.svg"
+
     def save_mfa_seed(self, user: str, serial: str, seed: bytes | str) -> Path:
         """Write the seed as an otpauth URI to a 0600 file; return the file's path."""
         text = seed.decode("ascii") if isinstance(seed, bytes) else seed
@@ -71,6 +87,7 @@ class SecretSink:
         record = json.dumps({"serial": serial, "otpauth_uri": uri, "seed": text})
         path = self.seed_path(user)
         _write_private(path, record + "\n")
+        _write_private(self.qr_path(user), _qr_svg(uri))
         return path
 
     def read_mfa_seed(self, user: str, serial: str) -> str | None:
@@ -93,24 +110,19 @@ class SecretSink:
         """Store a new access key as the current version of the user's secret."""
         self.redactor.remember(secret)
         value = json.dumps({"AccessKeyId": key_id, "SecretAccessKey": secret})
-        name = self.secret_name(user)
-        try:
-            return str(sm.put_secret_value(SecretId=name, SecretString=value)["ARN"])
-        except ClientError as err:
-            if err.response["Error"]["Code"] != "ResourceNotFoundException":
-                raise
-        try:
-            created = sm.create_secret(
-                Name=name,
-                SecretString=value,
-                Description=f"Access key of IAM user {user}, kept by the engine",
-            )
-        except ClientError as err:
-            # A retried call whose first response was lost finds the secret made.
-            if err.response["Error"]["Code"] != "ResourceExistsException":
-                raise
-            return str(sm.put_secret_value(SecretId=name, SecretString=value)["ARN"])
-        return str(created["ARN"])
+        about = f"Access key of IAM user {user}, kept by the engine"
+        return _put_secret(sm, self.secret_name(user), value, about)
+
+    def password_secret_name(self, user: str) -> str:
+        """Return the Secrets Manager name of a user's first console password."""
+        return f"{self.secret_prefix}{user}/console-password"
+
+    def save_console_password(self, sm: Any, user: str, password: str) -> str:
+        """Store a user's first console password in Secrets Manager; return its ARN."""
+        self.redactor.remember(password)
+        value = json.dumps({"UserName": user, "Password": password})
+        about = f"First console password of IAM user {user} (reset at first sign-in)"
+        return _put_secret(sm, self.password_secret_name(user), value, about)
 
     def stored_key_id(self, sm: Any, user: str) -> str | None:
         """Return the id of the access key the secret store holds for ``user``."""
@@ -123,6 +135,40 @@ class SecretSink:
         stored = json.loads(value)
         self.redactor.remember(stored["SecretAccessKey"])
         return str(stored["AccessKeyId"])
+
+
+def new_password(length: int) -> str:
+    """Return a random password of ``length`` with every character class in it."""
+    rng = SystemRandom()
+    chars = [rng.choice(kind) for kind in PASSWORD_CLASSES]
+    everything = "".join(PASSWORD_CLASSES)
+    chars += [rng.choice(everything) for _ in range(length - len(chars))]
+    rng.shuffle(chars)
+    return "".join(chars)
+
+
+def _put_secret(sm: Any, name: str, value: str, description: str) -> str:
+    try:
+        return str(sm.put_secret_value(SecretId=name, SecretString=value)["ARN"])
+    except ClientError as err:
+        if err.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise
+    try:
+        created = sm.create_secret(
+            Name=name, SecretString=value, Description=description
+        )
+    except ClientError as err:
+        # A retried call whose first response was lost finds the secret made.
+        if err.response["Error"]["Code"] != "ResourceExistsException":
+            raise
+        return str(sm.put_secret_value(SecretId=name, SecretString=value)["ARN"])
+    return str(created["ARN"])
+
+
+def _qr_svg(uri: str) -> str:
+    """Return the QR code of ``uri`` as an SVG document (no imaging library needed)."""
+    image = qrcode.make(uri, image_factory=qrcode.image.svg.SvgPathImage)
+    return str(image.to_string(encoding="unicode"))
 
 
 def _write_private(path: Path, text: str) -> None:

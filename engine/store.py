@@ -34,6 +34,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -99,12 +100,22 @@ history = Table(
     Column("detail", Text, nullable=False),
 )
 
+account_locks = Table(
+    "account_locks",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+)
+
 START_STATE = "New"
 # Any constant will do, as long as every engine process uses the same one.
 MIGRATION_LOCK_KEY = 7_340_021
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 CANCELLED = "cancelled"
 OPERATOR = "operator"
+# A step waits for its user (self-service MFA): no failure, no attempt counted.
+AWAITING_MFA, WAITING = "awaiting_mfa", "waiting"
 
 
 def utcnow() -> datetime:
@@ -360,15 +371,60 @@ class Store:
         return _onboarding(row._mapping)
 
     def renew_leases(self, owner: str, ttl: timedelta) -> int:
-        """Extend every lease ``owner`` holds; return how many there were."""
+        """Extend every lease and account lock ``owner`` holds; return the leases."""
+        expiry = utcnow() + ttl
         statement = (
             update(onboardings)
             .where(onboardings.c.lease_owner == owner)
-            .values(lease_expires_at=utcnow() + ttl)
+            .values(lease_expires_at=expiry)
+        )
+        locks = (
+            update(account_locks)
+            .where(account_locks.c.owner == owner)
+            .values(expires_at=expiry)
         )
         with self._begin() as conn:
             renewed: int = conn.execute(statement).rowcount
+            conn.execute(locks)
         return renewed
+
+    def take_account_lock(
+        self, name: str, owner: str, ttl: timedelta, replacing: str | None = None
+    ) -> str | None:
+        """Take the account-wide lock ``name``; return None, or who holds it instead."""
+        now = utcnow()
+        try:
+            with self._begin() as conn:
+                conn.execute(
+                    insert(account_locks),
+                    {"name": name, "owner": owner, "expires_at": now + ttl},
+                )
+            return None
+        except IntegrityError:
+            pass
+        takeable = or_(
+            account_locks.c.owner.in_([owner, replacing or owner]),
+            account_locks.c.expires_at < now,
+        )
+        statement = (
+            update(account_locks)
+            .where(account_locks.c.name == name, takeable)
+            .values(owner=owner, expires_at=now + ttl)
+        )
+        holder = select(account_locks.c.owner).where(account_locks.c.name == name)
+        with self._begin() as conn:
+            if conn.execute(statement).rowcount == 1:
+                return None
+            other: str | None = conn.execute(holder).scalar()
+        return other or ""
+
+    def release_account_lock(self, name: str, owner: str) -> None:
+        """Give an account-wide lock back, if ``owner`` still holds it."""
+        statement = delete(account_locks).where(
+            account_locks.c.name == name, account_locks.c.owner == owner
+        )
+        with self._begin() as conn:
+            conn.execute(statement)
 
 
 @functools.cache
@@ -469,6 +525,11 @@ def _onboarding_change(
         "updated_at": finished,
         "status": status,
     }
+    if transition.outcome == WAITING:
+        change.update(
+            last_error_code=transition.error_code, last_error=transition.error_message
+        )
+        return change
     if transition.outcome == "failed":
         change.update(attempts=transition.onboarding.attempts + 1)
         change.update(

@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,17 +32,51 @@ class Clients:
     cloudtrail: Any
     secretsmanager: Any
     ec2: Any
+    kms: Any
+    logs: Any
+    cloudwatch: Any
+    sns: Any
+
+
+Guard = Callable[[str], AbstractContextManager[None]]
+
+
+def _unguarded(_name: str) -> AbstractContextManager[None]:
+    return nullcontext()
 
 
 @dataclass
 class AccountFacts:
-    """What one run learns about the account once and shares between onboardings."""
+    """What one run learns about the account once and shares between onboardings.
+
+    ``guard`` keeps other processes out of account-wide set-up; the runner
+    gives it the store's account locks, and a step alone needs none.
+    """
 
     account_id: str
     region: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     verified: dict[str, dict[str, Any]] = field(default_factory=dict)
     policy_documents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    guard: Guard = field(default=_unguarded)
+
+    def once(
+        self, part: str, make: Callable[[], dict[str, Any]]
+    ) -> tuple[dict[str, Any], bool]:
+        """Return what ``make`` gave for the account-wide ``part``, made once per run.
+
+        The second value tells whether this call made it. ``make`` runs with
+        other threads and, through ``guard``, other processes kept out.
+        """
+        known = self.verified.get(part)
+        if known is not None:
+            return known, False
+        with self.lock, self.guard(f"{self.account_id}/{self.region}/{part}"):
+            known = self.verified.get(part)
+            if known is not None:
+                return known, False
+            made = self.verified[part] = make()
+        return made, True
 
 
 @dataclass

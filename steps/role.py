@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from engine.config import ServiceRoleConfig
-from engine.errors import PolicyRefused
-from steps.base import (
-    StepContext,
-    admin_grant,
-    as_document,
-    dumps,
-    iam_tags,
-    is_code,
-    managed_policy_document,
-    paginate,
-)
-from steps.least_privilege import INLINE_POLICY_NAME
+from engine.errors import StepError
+from engine.retry import EC2_PROFILE_NOT_VISIBLE
+from steps.base import StepContext, as_document, dumps, iam_tags, is_code, paginate
+from steps.grants import Principal, apply, check, declared
 
 EC2_SERVICE = "ec2.amazonaws.com"
+# Seconds between attempts while EC2 does not yet see a new instance profile.
+PROFILE_RETRY_DELAYS = (2.0, 4.0, 8.0, 16.0, 30.0)
+sleep: Callable[[float], None] = time.sleep
 
 
 def trust_policy(service: str) -> dict[str, Any]:
@@ -39,59 +35,85 @@ def trust_policy(service: str) -> dict[str, Any]:
 
 
 def run(ctx: StepContext) -> dict[str, Any]:
-    """Create or repair the service role and its instance profile."""
+    """Create or repair the service role, its policies and its instance profile."""
     spec = ctx.user.service_role
     name = ctx.user.role_name()
     if spec is None or name is None:
         return {"action": "skipped", "why": "the user entry declares no service_role"}
 
-    _refuse_admin(ctx, spec)
+    admin = check(ctx, declared(ctx, "the service_role's ", spec))
     detail = _ensure_role(ctx, name, spec)
-    detail["attached"] = _attach_policies(ctx, name, spec)
+    detail.update(apply(ctx, Principal("role", name), spec))
+    if admin:
+        detail["admin_grants"] = admin
     if spec.service == EC2_SERVICE:
-        detail["instance_profile"] = _ensure_instance_profile(ctx, name)
+        profile = _ensure_instance_profile(ctx, name)
+        detail["instance_profile"] = profile
+        detail["instances"] = [
+            _associate(ctx, name, profile["arn"], instance)
+            for instance in spec.instance_ids
+        ]
     return detail
-
-
-def _refuse_admin(ctx: StepContext, spec: ServiceRoleConfig) -> None:
-    if ctx.user.allow_admin is not None:
-        return
-    documents = [
-        (arn, managed_policy_document(ctx, arn)) for arn in spec.managed_policies
-    ]
-    if spec.inline_policy is not None:
-        documents.append(("the service_role's inline_policy", spec.inline_policy))
-    for source, document in documents:
-        reason = admin_grant(document)
-        if reason:
-            raise PolicyRefused(ctx.user.name, source, reason)
 
 
 def _ensure_role(
     ctx: StepContext, name: str, spec: ServiceRoleConfig
 ) -> dict[str, Any]:
-    iam = ctx.clients.iam
-    wanted = trust_policy(spec.service)
-    role = _get(lambda: iam.get_role(RoleName=name)["Role"])
+    role = _get(lambda: ctx.clients.iam.get_role(RoleName=name)["Role"])
     if role is None:
-        role = _get(
-            lambda: iam.create_role(
-                RoleName=name,
-                AssumeRolePolicyDocument=dumps(wanted),
-                Description=f"Service role of {ctx.user.name} for {spec.service}",
-                Tags=iam_tags({"service-of": ctx.user.name}),
-            )["Role"],
-            absent="EntityAlreadyExists",
-        )
+        role = _create_role(ctx, name, spec)
         if role is not None:
-            iam.get_waiter("role_exists").wait(RoleName=name)
             return {"role_arn": role["Arn"], "action": "created"}
-        role = iam.get_role(RoleName=name)["Role"]
+        role = ctx.clients.iam.get_role(RoleName=name)["Role"]
 
-    if as_document(role["AssumeRolePolicyDocument"]) != wanted:
-        iam.update_assume_role_policy(RoleName=name, PolicyDocument=dumps(wanted))
-        return {"role_arn": role["Arn"], "action": "trust policy repaired"}
-    return {"role_arn": role["Arn"], "action": "adopted"}
+    repaired = _repair_trust(ctx, name, role, spec) + _repair_boundary(
+        ctx, name, role, spec
+    )
+    action = f"{' and '.join(repaired)} repaired" if repaired else "adopted"
+    return {"role_arn": role["Arn"], "action": action}
+
+
+def _create_role(
+    ctx: StepContext, name: str, spec: ServiceRoleConfig
+) -> dict[str, Any] | None:
+    """Create the role; None when another run created it first."""
+    request: dict[str, Any] = {
+        "RoleName": name,
+        "AssumeRolePolicyDocument": dumps(trust_policy(spec.service)),
+        "Description": f"Service role of {ctx.user.name} for {spec.service}",
+        "Tags": iam_tags({"service-of": ctx.user.name}),
+    }
+    if spec.permissions_boundary:
+        request["PermissionsBoundary"] = spec.permissions_boundary
+    iam = ctx.clients.iam
+    role = _get(lambda: iam.create_role(**request)["Role"], "EntityAlreadyExists")
+    if role is not None:
+        iam.get_waiter("role_exists").wait(RoleName=name)
+    return role
+
+
+def _repair_trust(
+    ctx: StepContext, name: str, role: dict[str, Any], spec: ServiceRoleConfig
+) -> list[str]:
+    wanted = trust_policy(spec.service)
+    if as_document(role["AssumeRolePolicyDocument"]) == wanted:
+        return []
+    ctx.clients.iam.update_assume_role_policy(
+        RoleName=name, PolicyDocument=dumps(wanted)
+    )
+    return ["trust policy"]
+
+
+def _repair_boundary(
+    ctx: StepContext, name: str, role: dict[str, Any], spec: ServiceRoleConfig
+) -> list[str]:
+    current = role.get("PermissionsBoundary", {}).get("PermissionsBoundaryArn")
+    if not spec.permissions_boundary or current == spec.permissions_boundary:
+        return []
+    ctx.clients.iam.put_role_permissions_boundary(
+        RoleName=name, PermissionsBoundary=spec.permissions_boundary
+    )
+    return ["permissions boundary"]
 
 
 def _get(
@@ -106,44 +128,107 @@ def _get(
         raise
 
 
-def _attach_policies(ctx: StepContext, name: str, spec: ServiceRoleConfig) -> list[str]:
-    iam = ctx.clients.iam
-    current = {
-        p["PolicyArn"]
-        for p in paginate(
-            iam, "list_attached_role_policies", "AttachedPolicies", RoleName=name
-        )
-    }
-    added = [arn for arn in spec.managed_policies if arn not in current]
-    for arn in added:
-        iam.attach_role_policy(RoleName=name, PolicyArn=arn)
-    if spec.inline_policy is not None:
-        iam.put_role_policy(
-            RoleName=name,
-            PolicyName=INLINE_POLICY_NAME,
-            PolicyDocument=dumps(spec.inline_policy),
-        )
-    return added
-
-
 def _ensure_instance_profile(ctx: StepContext, name: str) -> dict[str, Any]:
     iam = ctx.clients.iam
-    try:
-        profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-        action = "adopted"
-    except ClientError as err:
-        if not is_code(err, "NoSuchEntity"):
-            raise
-        profile = iam.create_instance_profile(InstanceProfileName=name)[
-            "InstanceProfile"
-        ]
+    profile = _get(
+        lambda: iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+    )
+    action = "adopted"
+    if profile is None:
+        iam.create_instance_profile(InstanceProfileName=name)
         iam.get_waiter("instance_profile_exists").wait(InstanceProfileName=name)
+        profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
         action = "created"
 
     roles = [role["RoleName"] for role in profile.get("Roles", [])]
-    for other in (role for role in roles if role != name):
+    removed = [role for role in roles if role != name]
+    for other in removed:
         # A profile holds at most one role, so a stranger has to leave first.
         iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=other)
     if name not in roles:
         iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
-    return {"arn": profile["Arn"], "action": action}
+    return {"arn": profile["Arn"], "action": action, "removed_roles": removed}
+
+
+def _associate(
+    ctx: StepContext, name: str, profile_arn: str, instance: str
+) -> dict[str, Any]:
+    """Associate the profile with ``instance``, replacing a different one."""
+    current = _current_association(ctx, instance)
+    if current is not None and current["IamInstanceProfile"]["Arn"] == profile_arn:
+        return {"instance": instance, "action": "adopted"}
+    ec2 = ctx.clients.ec2
+    profile = {"Name": name}
+    if current is None:
+        _retrying(
+            ctx,
+            name,
+            instance,
+            lambda: ec2.associate_iam_instance_profile(
+                IamInstanceProfile=profile, InstanceId=instance
+            ),
+        )
+        return {"instance": instance, "action": "associated"}
+    association = current["AssociationId"]
+    _retrying(
+        ctx,
+        name,
+        instance,
+        lambda: ec2.replace_iam_instance_profile_association(
+            IamInstanceProfile=profile, AssociationId=association
+        ),
+    )
+    replaced = current["IamInstanceProfile"]["Arn"]
+    return {"instance": instance, "action": "replaced", "replaced": replaced}
+
+
+def _current_association(ctx: StepContext, instance: str) -> dict[str, Any] | None:
+    found = paginate(
+        ctx.clients.ec2,
+        "describe_iam_instance_profile_associations",
+        "IamInstanceProfileAssociations",
+        Filters=[{"Name": "instance-id", "Values": [instance]}],
+    )
+    live = [a for a in found if a.get("State") in ("associating", "associated")]
+    return live[0] if live else None
+
+
+def _retrying(
+    ctx: StepContext, name: str, instance: str, call: Callable[[], Any]
+) -> None:
+    """Run ``call``, waiting while EC2 does not yet see the new instance profile."""
+    # Known shortcoming: the waits (up to a minute) hold the worker running us.
+    for attempt, delay in enumerate((*PROFILE_RETRY_DELAYS, None), start=1):
+        try:
+            call()
+            return
+        except ClientError as err:
+            if not _not_visible_yet(err):
+                raise
+            if delay is None:
+                raise _gave_up(name, instance, attempt, err) from err
+            ctx.log.warning(
+                "EC2 does not see instance profile %s yet (attempt %d for %s); "
+                "trying again in %.0f s",
+                name,
+                attempt,
+                instance,
+                delay,
+            )
+            sleep(delay)
+
+
+def _not_visible_yet(err: ClientError) -> bool:
+    message = str(err.response.get("Error", {}).get("Message", ""))
+    return is_code(err, "InvalidParameterValue") and EC2_PROFILE_NOT_VISIBLE in message
+
+
+def _gave_up(name: str, instance: str, attempts: int, err: ClientError) -> StepError:
+    message = err.response.get("Error", {}).get("Message", "")
+    return StepError(
+        f"EC2 still refuses instance profile {name} for {instance} after "
+        f"{attempts} attempts: {message}; run again later, IAM changes can take "
+        "minutes to reach EC2",
+        code="InvalidParameterValue",
+        detail={"instance": instance, "instance_profile": name, "attempts": attempts},
+    )

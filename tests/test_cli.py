@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from engine.__main__ import main
-from tests.conftest import BASE_DOC, moto_server_running, write_workflows
+from tests.conftest import moto_server_running, write_workflows
 
 REPO = Path(__file__).resolve().parent.parent
 USERS = [
@@ -155,6 +156,7 @@ def test_a_failed_onboarding_exits_1_and_names_the_user(
         {
             "name": "eve",
             "managed_policies": ["arn:aws:iam::aws:policy/PowerUserAccess"],
+            "direct_policies": {"reason": "testing a refused direct grant"},
         }
     ]
     path = write_workflows(tmp_path, users=users)
@@ -257,7 +259,41 @@ def test_python_dash_m_engine_runs_the_shipped_file(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)) == 8
     assert {item["state"] for item in json.loads(done.stdout)} == {"Reviewed"}
-    assert BASE_DOC["version"] == 1
+
+
+def test_the_shipped_file_runs_against_a_moto_server_over_http(
+    tmp_path: Path, moto_server: str
+) -> None:
+    document = yaml.safe_load((REPO / "workflows.yaml").read_text())
+    document["aws"] = {"sandbox": False, "endpoint_url": moto_server}
+    path = tmp_path / "workflows.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+    done = _engine(tmp_path, "run", "workflows.yaml", "--quiet", "--format", "json")
+    history = _engine(tmp_path, "history", "--format", "json")
+    review = _engine(tmp_path, "review", "workflows.yaml", "--format", "json")
+
+    assert done.returncode == 0, done.stderr
+    assert {item["state"] for item in json.loads(done.stdout)} == {"Reviewed"}
+    assert len(json.loads(done.stdout)) == len(document["users"])
+    rows = json.loads(history.stdout)
+    assert {row["to_state"] for row in rows if row["outcome"] == "ok"} >= {
+        "Created",
+        "Monitored",
+        "Reviewed",
+    }
+    assert review.returncode == 0, review.stdout + review.stderr
+
+
+def _engine(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_operator_commands_and_filters_ignore_name_case(

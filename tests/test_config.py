@@ -197,6 +197,7 @@ def test_an_admin_grant_with_a_reason_is_accepted(tmp_path: Path) -> None:
     text = (
         GOOD_HEAD
         + "    managed_policies: [arn:aws:iam::aws:policy/AdministratorAccess]\n    allow_admin: {reason: break-glass administrator}\n"
+        + "    direct_policies: {reason: break-glass administrator}\n"
     )
     path = tmp_path / "workflows.yaml"
     path.write_text(text)

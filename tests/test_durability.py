@@ -164,6 +164,7 @@ def test_operator_commands_are_recorded_with_actor_and_reason(
         {
             "name": "eve",
             "managed_policies": ["arn:aws:iam::aws:policy/PowerUserAccess"],
+            "direct_policies": {"reason": "testing a refused direct grant"},
         }
     ]
     path = write_workflows(tmp_path, users=users)
@@ -225,6 +226,7 @@ def test_operator_commands_refuse_what_does_not_apply(
             {
                 "name": "eve",
                 "managed_policies": ["arn:aws:iam::aws:policy/PowerUserAccess"],
+                "direct_policies": {"reason": "testing a refused direct grant"},
             }
         ],
     )

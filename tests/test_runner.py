@@ -104,6 +104,7 @@ def test_one_user_failing_does_not_stop_the_others(
         {
             "name": "eve",
             "managed_policies": ["arn:aws:iam::aws:policy/PowerUserAccess"],
+            "direct_policies": {"reason": "testing a refused direct grant"},
         },
         *USERS,
     ]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import inspect, text
 
-from engine.errors import StoreError
+from engine.errors import StepError, StoreError
+from engine.leases import AccountLocks
 from engine.store import (
     DONE,
     FAILED,
@@ -33,10 +38,15 @@ def _transition(
 def test_migrations_go_to_head_back_to_base_and_up_again(store_url: str) -> None:
     store = open_store(store_url)
     tables = set(inspect(store.engine).get_table_names())
-    assert {"onboardings", "state_history", "alembic_version"} <= tables
+    assert {
+        "onboardings",
+        "state_history",
+        "account_locks",
+        "alembic_version",
+    } <= tables
 
     downgrade(store, "base")
-    assert not {"onboardings", "state_history"} & set(
+    assert not {"onboardings", "state_history", "account_locks"} & set(
         inspect(store.engine).get_table_names()
     )
 
@@ -143,6 +153,62 @@ def test_a_live_lease_keeps_other_owners_out_until_it_expires(store: Store) -> N
     assert store.claim(onboarding.id, "one", timedelta(minutes=5))
     store.claim(onboarding.id, "one", timedelta(seconds=-1))
     assert store.claim(onboarding.id, "two", timedelta(minutes=5))
+
+
+def test_an_account_lock_keeps_other_owners_out_until_released_or_expired(
+    store: Store,
+) -> None:
+    minutes = timedelta(minutes=5)
+
+    assert store.take_account_lock("acct/trail", "one", minutes) is None
+    assert store.take_account_lock("acct/trail", "two", minutes) == "one"
+    assert store.take_account_lock("acct/other", "two", minutes) is None
+    store.release_account_lock("acct/trail", "two")
+    assert store.take_account_lock("acct/trail", "two", minutes) == "one"
+    store.release_account_lock("acct/trail", "one")
+    assert store.take_account_lock("acct/trail", "two", timedelta(seconds=-1)) is None
+    assert store.take_account_lock("acct/trail", "one", minutes) is None
+
+
+def test_an_account_lock_waits_for_its_holder_then_gives_up(store: Store) -> None:
+    minutes = timedelta(minutes=5)
+    store.take_account_lock("acct/trail", "other-host:1:x", minutes)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:
+            store.release_account_lock("acct/trail", "other-host:1:x")
+
+    with AccountLocks(store, "me", minutes, sleep=sleep).hold("acct/trail"):
+        assert store.take_account_lock("acct/trail", "third", minutes) == "me"
+    assert len(waits) == 3
+    assert store.take_account_lock("acct/trail", "third", minutes) is None
+
+    stuck = AccountLocks(store, "me", timedelta(seconds=0.01), sleep=time.sleep)
+    with pytest.raises(StepError, match="still held by third"):
+        with stuck.hold("acct/trail"):
+            pass
+
+
+def test_an_account_lock_left_by_a_dead_local_process_is_taken_at_once(
+    store: Store,
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = f"{socket.gethostname()}:{child.stdout.strip()}:gone"
+    store.take_account_lock("acct/trail", dead, timedelta(minutes=5))
+    waits: list[float] = []
+
+    with AccountLocks(store, "me", timedelta(minutes=5), sleep=waits.append).hold(
+        "acct/trail"
+    ):
+        assert store.take_account_lock("acct/trail", "third", timedelta(1)) == "me"
+    assert waits == []
 
 
 def test_an_unreachable_database_is_a_store_error() -> None:
