@@ -82,9 +82,26 @@ def _check_account(endpoint: str) -> None:
     assert len(iam.list_virtual_mfa_devices()["VirtualMFADevices"]) == 1
     keys = iam.list_access_keys(UserName="bot")["AccessKeyMetadata"]
     assert len(keys) <= 2 and [k["Status"] for k in keys].count("Active") == 1
-    assert len(iam.list_roles()["Roles"]) == 1
+    roles = [r["Path"] for r in iam.list_roles()["Roles"]]
+    assert sorted(roles) == ["/", "/iam-onboarding/"], (
+        "the app's role and the logs role"
+    )
     assert len(iam.list_instance_profiles()["InstanceProfiles"]) == 1
     assert len(_client(endpoint, "cloudtrail").describe_trails()["trailList"]) == 1
+    _check_monitoring(endpoint)
+
+
+def _check_monitoring(endpoint: str) -> None:
+    kms = _client(endpoint, "kms")
+    assert len(kms.list_keys()["Keys"]) == 1
+    aliases = [a["AliasName"] for a in kms.list_aliases()["Aliases"]]
+    assert aliases.count("alias/iam-onboarding-trail") == 1
+    logs = _client(endpoint, "logs")
+    assert len(logs.describe_log_groups()["logGroups"]) == 1
+    assert len(logs.describe_metric_filters()["metricFilters"]) == 1
+    assert len(_client(endpoint, "sns").list_topics()["Topics"]) == 1
+    assert len(_client(endpoint, "cloudwatch").describe_alarms()["MetricAlarms"]) == 1
+    assert len(_client(endpoint, "s3").list_buckets()["Buckets"]) == 2
 
 
 def _check_history(folder: Path, endpoint: str) -> None:
