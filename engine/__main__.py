@@ -121,6 +121,7 @@ def _setup_logging(verbose: bool, debug: bool) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="iam-onboarding-engine")
 @click.option("--debug", is_flag=True, help="Show debug logs and full tracebacks.")
 @click.option(
     "-v", "--verbose", is_flag=True, help="Log each step's start and end to stderr."
@@ -146,9 +147,11 @@ def _load(path: str) -> config.LoadedConfig:
     return config.load(path, set(REGISTRY))
 
 
-def _open_store(db: str | None, loaded: config.LoadedConfig | None) -> store.Store:
-    url = store.resolve_url(db, loaded.database_url() if loaded else None)
-    return store.open_store(url)
+def _open_store(db: str | None, loaded: config.LoadedConfig) -> store.Store:
+    """Open the store a command writes to, making the file's own folder if needed."""
+    url = store.resolve_url(db, loaded.database_url())
+    typed = bool(db or os.environ.get(store.DB_ENV))
+    return store.open_store(url, make_folder=not typed)
 
 
 def _store_for_queries(
@@ -265,8 +268,8 @@ def _runner(
 ) -> Iterator[Runner]:
     """Open the file's store and AWS target, yield a runner on them, close both."""
     loaded = _load(workflows)
+    engine_store = _open_store(db, loaded)
     url = store.resolve_url(db, loaded.database_url())
-    engine_store = store.open_store(url)
     secrets = SecretSink(
         loaded.resolve(loaded.config.secrets.mfa_seed_dir),
         loaded.config.secrets.secret_prefix,
@@ -434,16 +437,25 @@ def history(
       python -m engine history --state Reviewed --format json
       python -m engine history --since 2026-12-01 --until "2026-12-02 12:00:00"
     """
+    if since and until and since >= until:
+        raise click.BadParameter("must be later than --since", param_hint="--until")
     engine_store = _store_for_queries(db, path)
     rows = engine_store.history(user=user, state=state, since=since, until=until)
     if not rows and (user or state or since or until):
-        click.echo(
-            "no transitions match those filters (--state is case-sensitive)", err=True
-        )
+        click.echo(_no_match_hint(engine_store, user, state), err=True)
     if fmt == "json":
         click.echo(json.dumps(cli_output.history_json(rows), indent=2))
     else:
         _stdout().print(cli_output.history_table(rows))
+
+
+def _no_match_hint(
+    engine_store: store.Store, user: str | None, state: str | None
+) -> str:
+    if user and engine_store.onboarding(user) is None:
+        return f"no onboarding for user {user}; `python -m engine status` lists them"
+    hint = "no transitions match those filters"
+    return hint + (" (--state is case-sensitive)" if state else "")
 
 
 @cli.command()
@@ -607,6 +619,11 @@ def reset(
     Example:
       python -m engine reset ana.silva --to Created --reason "policy changed by hand"
     """
+    if not os.path.exists(path):
+        raise click.UsageError(
+            f"reset moves {user} under the workflows file's definition, and there "
+            f"is no {path}; name the file with -f FILE"
+        )
     loaded = _load(path)
     engine_store = _open_store(db, loaded)
     found = engine_store.onboarding(user)
@@ -629,8 +646,8 @@ def validate(workflows: str) -> None:
     """
     loaded = _load(workflows)
     click.echo(
-        f"{workflows}: valid ({len(loaded.config.users)} users, "
-        f"{len(loaded.config.workflows)} workflows)"
+        f"{workflows}: valid ({cli_output.plural(len(loaded.config.users), 'user')}, "
+        f"{cli_output.plural(len(loaded.config.workflows), 'workflow')})"
     )
 
 
@@ -665,6 +682,10 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name=_prog_name(), standalone_mode=False)
     except click.exceptions.Exit as stop:
         return int(stop.exit_code)
+    except click.UsageError as err:
+        where = err.ctx.command_path if err.ctx else _prog_name()
+        click.echo(f"error: {err.format_message()} (see {where} --help)", err=True)
+        return EXIT_INPUT
     except click.ClickException as err:
         err.show()
         return EXIT_INPUT

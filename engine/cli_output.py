@@ -45,7 +45,8 @@ def summary_line(outcomes: list[Outcome]) -> str:
         )
     done = len(outcomes) - len(unfinished) - len(waiting) - cancelled
     text = (
-        f"{len(outcomes)} onboardings: {done} complete, {cancelled} cancelled, "
+        f"{plural(len(outcomes), 'onboarding')}: {done} complete, "
+        f"{cancelled} cancelled, "
         f"{len(waiting)} waiting, {len(unfinished)} not finished; "
         f"{len(changed)} advanced this run."
     )
@@ -237,14 +238,20 @@ def review_json(reviews: list[UserReview]) -> list[dict[str, Any]]:
     ]
 
 
+def plural(count: int, noun: str) -> str:
+    """Return ``count`` and ``noun``, with an s unless there is exactly one."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def review_summary(reviews: list[UserReview]) -> str:
     """Return one sentence that says what the review found and recorded."""
     done = [item for item in reviews if item.skipped is None]
     high = [item.user for item in done if item.high]
     recorded = sum(item.recorded is not None for item in done)
     text = (
-        f"{len(done)} users reviewed, {len(reviews) - len(done)} not yet; "
-        f"{len(high)} with high-severity findings; {recorded} history rows recorded."
+        f"{plural(len(done), 'user')} reviewed, {len(reviews) - len(done)} not yet; "
+        f"{len(high)} with high-severity findings; "
+        f"{plural(recorded, 'history row')} recorded."
     )
     if high:
         text += f" High findings: {', '.join(high)} (see the fix column)."

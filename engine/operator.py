@@ -59,6 +59,11 @@ def reset(
             f"{to} is not a state of workflow {current.workflow}; "
             f"states: {', '.join(order)}"
         )
+    if to == order[-1]:
+        raise OperatorError(
+            f"{to} is the last state of workflow {current.workflow}: nothing would "
+            f"run after it; reset to {order[-2]} to run its step again"
+        )
     if current.state in order and order.index(to) > order.index(current.state):
         raise OperatorError(
             f"{user} is at {current.state}; reset only goes back, not forward to {to}"

@@ -565,11 +565,20 @@ def resolve_url(cli_value: str | None, file_url: str | None) -> str:
     return chosen if "://" in chosen else f"sqlite:///{Path(chosen).resolve()}"
 
 
-def open_store(url: str, migrate: bool = True, must_exist: bool = False) -> Store:
-    """Open (and by default migrate to head) the database at ``url``."""
+def open_store(
+    url: str,
+    migrate: bool = True,
+    must_exist: bool = False,
+    make_folder: bool = True,
+) -> Store:
+    """Open (and by default migrate to head) the database at ``url``.
+
+    A new SQLite file's folder is made when missing, unless ``make_folder`` is
+    False (a path the user typed, where a missing folder is more likely a typo).
+    """
     if must_exist:
         _check_exists(url)
-    engine = _create_engine(url)
+    engine = _create_engine(url, make_folder)
     store = Store(engine)
     if migrate:
         upgrade(store)
@@ -590,7 +599,7 @@ def _check_exists(url: str) -> None:
         )
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, make_folder: bool = True) -> Engine:
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite":
@@ -601,10 +610,20 @@ def _create_engine(url: str) -> Engine:
             "SQLite path or a URL such as postgresql+psycopg://user@host/db"
         ) from None
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        _ensure_folder(Path(parsed.database).parent, make_folder)
     engine = create_engine(parsed, connect_args={"timeout": 30})
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _ensure_folder(folder: Path, make: bool) -> None:
+    if make:
+        folder.mkdir(parents=True, exist_ok=True)
+    elif not folder.is_dir():
+        raise StoreError(
+            f"the folder {folder} for the database does not exist; create it, or "
+            "fix the path given by --db or IAM_ENGINE_DB"
+        )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

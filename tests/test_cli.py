@@ -348,3 +348,71 @@ def test_an_unreadable_sandbox_state_is_a_clear_error(
     code, _, err = run_cli(capsys, "run", str(sandbox_file))
 
     assert code == 3 and "cannot be read" in err and "delete it" in err
+
+
+def test_a_usage_error_is_one_line_naming_the_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run_cli(capsys, "run", "workflows.yaml", "--workers", "0")
+
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "--workers" in err and "see python -m engine run --help" in err
+
+
+def test_version_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "--version")
+
+    assert code == 0 and "version" in out
+
+
+def test_run_refuses_a_typed_db_in_a_missing_folder(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-folder" / "engine.db"
+
+    code, _, err = run_cli(capsys, "run", str(sandbox_file), "--db", str(missing))
+
+    assert code == 3 and "does not exist" in err and "--db" in err
+    assert not missing.parent.exists()
+
+
+def test_reset_without_the_workflows_file_says_to_name_it(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path, tmp_path: Path
+) -> None:
+    run_cli(capsys, "run", str(sandbox_file), "--quiet")
+    db = str(sandbox_file.parent / "state" / "engine.db")
+
+    code, _, err = run_cli(
+        capsys,
+        "reset",
+        "alice",
+        "--to",
+        "MFA",
+        "--reason",
+        "x",
+        "--db",
+        db,
+        "-f",
+        str(tmp_path / "elsewhere.yaml"),
+    )
+
+    assert code == 2 and "name the file with -f FILE" in err
+
+
+def test_history_says_which_filter_matched_nothing(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path
+) -> None:
+    run_cli(capsys, "run", str(sandbox_file), "--quiet")
+    where = ("-f", str(sandbox_file))
+
+    _, _, unknown_user = run_cli(capsys, "history", *where, "--user", "nobody")
+    _, _, no_state = run_cli(capsys, "history", *where, "--state", "reviewed")
+    code, _, backwards = run_cli(
+        capsys, "history", *where, "--since", "2026-12-05", "--until", "2026-12-01"
+    )
+
+    assert "no onboarding for user nobody" in unknown_user
+    assert "case-sensitive" not in unknown_user
+    assert "(--state is case-sensitive)" in no_state
+    assert code == 2 and "--until" in backwards and "later than --since" in backwards

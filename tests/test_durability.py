@@ -209,7 +209,11 @@ def test_operator_commands_are_recorded_with_actor_and_reason(
     ("args", "message"),
     [
         (["retry", "ghost", "--reason", "x"], "no onboarding for user ghost"),
-        (["reset", "eve", "--to", "Reviewed", "--reason", "x"], "only goes back"),
+        (["reset", "eve", "--to", "Monitored", "--reason", "x"], "only goes back"),
+        (
+            ["reset", "eve", "--to", "Reviewed", "--reason", "x"],
+            "nothing would run after it; reset to Monitored",
+        ),
         (
             ["reset", "eve", "--to", "Nowhere", "--reason", "x"],
             "not a state of workflow",
