@@ -175,12 +175,12 @@ class Runner:
         )
         if onboarding.status in (DONE, CANCELLED):
             return Outcome(user.name, onboarding.state, onboarding.status)
-        if not self._claim(onboarding):
+        # The row under the lease: the one read before may be out of date.
+        fresh = self._claim(onboarding)
+        if fresh is None:
             error = "another worker holds its lease"
             return Outcome(user.name, onboarding.state, "busy", error=error)
         try:
-            # Re-read under the lease: the row read before may be out of date.
-            fresh = self.store.onboarding(user.name) or onboarding
             return self._drive_claimed(user, machine, spec, fresh, on_step)
         finally:
             self.store.release(onboarding.id, self.owner)
@@ -223,12 +223,13 @@ class Runner:
             return Outcome(user.name, onboarding.state, FAILED, error=error)
         return self._advance_all(user, machine, onboarding, on_step)
 
-    def _claim(self, onboarding: Onboarding) -> bool:
-        if self.store.claim(onboarding.id, self.owner, LEASE):
-            return True
+    def _claim(self, onboarding: Onboarding) -> Onboarding | None:
+        claimed = self.store.claim(onboarding.id, self.owner, LEASE)
+        if claimed is not None:
+            return claimed
         holder = self.store.lease_owner(onboarding.id)
         if holder is None or not is_dead_here(holder):
-            return False
+            return None
         log.warning(
             "taking over %s's lease from %s, which is no longer running",
             onboarding.user_name,
@@ -273,13 +274,16 @@ class Runner:
         outcome = Outcome(user.name, onboarding.state, onboarding.status)
         retry = self.loaded.config.workflows[machine.name].retry
         cursor = Cursor()
+        announced = False
         with machine.attached(cursor, onboarding.state):
             while (dest := machine.next_state(onboarding.state)) is not None:
                 if on_step is not None:
                     on_step(user.name, dest)
                 onboarding, transient = self._advance(
-                    user, machine, cursor, onboarding, dest
+                    user, machine, cursor, onboarding, dest, announced
                 )
+                # A step that succeeded marked the next one started in its commit.
+                announced = onboarding.pending_state is not None
                 if onboarding.status == AWAITING_MFA:
                     outcome.error = onboarding.last_error
                     break
@@ -335,9 +339,16 @@ class Runner:
         cursor: Cursor,
         current: Onboarding,
         dest: str,
+        announced: bool = False,
     ) -> tuple[Onboarding, bool]:
-        in_doubt = current.pending_state == dest
-        current = self.store.mark_started(current, dest, LEASE)
+        """Run the step into ``dest`` and record it.
+
+        ``announced`` says this run's previous commit already marked the step
+        started; otherwise a marker is committed here before AWS is called.
+        """
+        in_doubt = not announced and current.pending_state == dest
+        if not announced:
+            current = self.store.mark_started(current, dest, LEASE)
         started = utcnow()
         context = self._context(user, machine.name, in_doubt)
         step = REGISTRY[self.loaded.config.workflows[machine.name].steps[dest]]
@@ -358,7 +369,11 @@ class Runner:
             detail["reconciled_interrupted_attempt"] = True
         status = DONE if dest == machine.final else RUNNING
         context.log.info("step %s finished", dest)
-        return self._record(current, dest, started, "ok", detail, status=status), False
+        after = _after_success(machine.next_state(dest))
+        recorded = self._record(
+            current, dest, started, "ok", detail, status=status, also=after
+        )
+        return recorded, False
 
     def _record_waiting(
         self,
@@ -438,6 +453,7 @@ class Runner:
         status: str = FAILED,
         code: str | None = None,
         message: str | None = None,
+        also: dict[str, Any] | None = None,
     ) -> Onboarding:
         self.target.checkpoint()
         transition = Transition(
@@ -452,7 +468,7 @@ class Runner:
             error_message=self.secrets.redactor.mask(message) if message else None,
         )
         self.faults.hit(f"before-commit:{dest}")
-        recorded = self.store.record(transition, status)
+        recorded = self.store.record(transition, status, also)
         self.faults.hit(f"after-commit:{dest}")
         return recorded
 
@@ -478,6 +494,17 @@ class Runner:
             log=adapter,
             in_doubt=in_doubt,
         )
+
+
+def _after_success(next_state: str | None) -> dict[str, Any]:
+    """Return what a successful transition's commit also writes to the onboarding.
+
+    The next step is marked started in the same commit (saving one commit per
+    step); after the final state the lease is given back instead.
+    """
+    if next_state is None:
+        return {"lease_owner": None, "lease_expires_at": None}
+    return {"pending_state": next_state, "lease_expires_at": utcnow() + LEASE}
 
 
 def definition_change(onboarding: Onboarding, spec: WorkflowConfig) -> str | None:

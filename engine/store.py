@@ -208,8 +208,11 @@ class Store:
         owner: str,
         ttl: timedelta,
         replacing: str | None = None,
-    ) -> bool:
-        """Take the lease unless another owner (other than ``replacing``) holds it."""
+    ) -> Onboarding | None:
+        """Take the lease unless another owner (other than ``replacing``) holds it.
+
+        Returns the row as it is under the new lease, or None when not taken.
+        """
         now = utcnow()
         claimable = or_(
             onboardings.c.lease_owner.is_(None),
@@ -221,10 +224,11 @@ class Store:
             update(onboardings)
             .where(onboardings.c.id == onboarding_id, claimable)
             .values(lease_owner=owner, lease_expires_at=now + ttl)
+            .returning(*onboardings.c)
         )
         with self._begin() as conn:
-            claimed: bool = conn.execute(statement).rowcount == 1
-        return claimed
+            row = conn.execute(statement).first()
+        return _onboarding(row._mapping) if row is not None else None
 
     def claim_next(
         self, owner: str, ttl: timedelta, workflows: list[str], after: int = 0
