@@ -100,9 +100,19 @@ class _OnboardingDefault(logging.Filter):
         return True
 
 
+class _QuietParliament(logging.Filter):
+    """Drop parliament's INFO chatter: it logs through the root logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_parliament = f"{os.sep}parliament{os.sep}" in record.pathname
+        return not (from_parliament and record.levelno < logging.WARNING)
+
+
 def _setup_logging(verbose: bool, debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_OnboardingDefault())
+    if not debug:
+        handler.addFilter(_QuietParliament())
     handler.addFilter(REDACTOR)
     handler.setFormatter(
         logging.Formatter(
@@ -268,19 +278,24 @@ def _runner(
 ) -> Iterator[Runner]:
     """Open the file's store and AWS target, yield a runner on them, close both."""
     loaded = _load(workflows)
-    engine_store = _open_store(db, loaded)
     url = store.resolve_url(db, loaded.database_url())
     secrets = SecretSink(
         loaded.resolve(loaded.config.secrets.mfa_seed_dir),
         loaded.config.secrets.secret_prefix,
         REDACTOR,
     )
+    # AWS first: a target that cannot be used must not leave a new database.
     target = open_target(loaded.config.aws, _sandbox_file(loaded, url))
+    try:
+        engine_store = _open_store(db, loaded)
+    except BaseException:
+        target.abandon()
+        raise
     faults = FaultPoints.from_env()
     for client in vars(target.clients).values():
         faults.watch(client)
     if not quiet:
-        err = Console(stderr=True)
+        err = Console(stderr=True, soft_wrap=True)
         err.print(f"[bold]Target:[/bold] {target.description}")
         err.print(f"[bold]Store:[/bold] {engine_store.url}")
     try:
@@ -625,7 +640,8 @@ def reset(
             f"is no {path}; name the file with -f FILE"
         )
     loaded = _load(path)
-    engine_store = _open_store(db, loaded)
+    url = store.resolve_url(db, loaded.database_url())
+    engine_store = store.open_store(url, must_exist=True)
     found = engine_store.onboarding(user)
     workflow = loaded.config.workflows.get(found.workflow) if found else None
     who = actor or default_actor()

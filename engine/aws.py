@@ -48,6 +48,8 @@ class AwsTarget:
     description: str
     checkpoint: Callable[[], None] = field(default=lambda: None)
     close: Callable[[], None] = field(default=lambda: None)
+    # Stops the target without keeping anything: for a run that never started.
+    abandon: Callable[[], None] = field(default=lambda: None)
     new_clients: Callable[[], Clients] | None = None
     # The sandbox pickles moto's state between steps, so it serves one at a time.
     max_workers: int = 64
@@ -89,7 +91,13 @@ def _open_sandbox(settings: AwsConfig, sandbox_file: Path) -> AwsTarget:
         f"SANDBOX (in-process moto, state in {sandbox_file}); nothing real is touched"
     )
     return AwsTarget(
-        clients, account, description, sandbox.save, sandbox.stop, max_workers=1
+        clients,
+        account,
+        description,
+        sandbox.save,
+        sandbox.stop,
+        lambda: sandbox.stop(keep=False),
+        max_workers=1,
     )
 
 

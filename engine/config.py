@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -30,10 +30,36 @@ IamPath = Annotated[str, StringConstraints(pattern=r"^/([\x21-\x7e]{0,510}/)?$")
 PolicyArn = Annotated[
     str, StringConstraints(pattern=r"^arn:aws[\w-]*:iam::(aws|\d{12}):policy/.+$")
 ]
-TagKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-TagValue = Annotated[str, StringConstraints(max_length=256)]
+
+
+def _tag_text(text: str) -> str:
+    # IAM allows letters, digits and spaces of any script, and _.:/=+-@.
+    for char in text:
+        if not (char.isalnum() or char.isspace() or char in "_.:/=+-@"):
+            raise ValueError(
+                f"{char!r} is not allowed in an IAM tag: use letters, digits, "
+                "spaces and _.:/=+-@"
+            )
+    return text
+
+
+def _tag_key(key: str) -> str:
+    if key.lower().startswith("aws:"):
+        raise ValueError("tag keys starting with aws: are reserved for AWS")
+    return _tag_text(key)
+
+
+TagKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=128), AfterValidator(_tag_key)
+]
+TagValue = Annotated[str, StringConstraints(max_length=256), AfterValidator(_tag_text)]
 Region = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")]
 MAX_TAGS = 50
+MIN_REASON = 10
+# IAM's size limits, in characters other than whitespace: all inline policies of
+# one user, group or role together, and one customer managed policy.
+INLINE_LIMITS = {"user": 2048, "group": 5120, "role": 10240}
+MANAGED_LIMIT = 6144
 # Well-known AWS managed policies that grant admin-style access.
 ADMIN_POLICY_ARNS = frozenset(
     {
@@ -44,7 +70,10 @@ ADMIN_POLICY_ARNS = frozenset(
 # What the user should read when a value does not match its field's pattern.
 PATTERN_HINTS = {
     "name": "not a valid IAM name (1-64 ASCII letters, digits and +=,.@_-)",
-    "path": "an IAM path starts and ends with / (for example /people/)",
+    "path": "an IAM path is 1-512 printable ASCII characters and starts and ends "
+    "with / (for example /people/)",
+    "secret_prefix": "a Secrets Manager name prefix: ASCII letters, digits and "
+    "/_+=.@- (for example iam-onboarding/)",
     "region": "not an AWS region name (for example us-east-1)",
     "service": "a service principal such as ec2.amazonaws.com",
     "mfa_device_name": "1-226 ASCII letters, digits and +=,.@_-",
@@ -85,6 +114,11 @@ class _Statement(BaseModel):
             raise ValueError("a statement needs exactly one of Action or NotAction")
         if (self.Resource is None) == (self.NotResource is None):
             raise ValueError("a statement needs exactly one of Resource or NotResource")
+        for name in ("Action", "NotAction", "Resource", "NotResource"):
+            if getattr(self, name) == []:
+                raise ValueError(
+                    f"a statement's {name} list is empty; name at least one"
+                )
         return self
 
 
@@ -93,7 +127,7 @@ class _Document(BaseModel):
 
     Version: Literal["2012-10-17", "2008-10-17"] = "2012-10-17"
     Id: str | None = None
-    Statement: list[_Statement] | _Statement
+    Statement: Annotated[list[_Statement], Field(min_length=1)] | _Statement
 
 
 def _check_document(document: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +188,9 @@ class SecretsConfig(_Strict):
     """Where secrets go: MFA seeds to 0600 files, access keys to Secrets Manager."""
 
     mfa_seed_dir: str = "secrets"
-    secret_prefix: str = "iam-onboarding/"
+    secret_prefix: str = Field(
+        default="iam-onboarding/", pattern=r"^[A-Za-z0-9/_+=.@-]{0,400}$"
+    )
 
 
 class MonitoringConfig(_Strict):
@@ -231,6 +267,11 @@ class AccessLevels(_Strict):
         return generate(self.levels())
 
 
+def policy_size(*documents: dict[str, Any]) -> int:
+    """Return the size IAM counts for documents: characters other than whitespace."""
+    return sum(sum(not char.isspace() for char in json.dumps(doc)) for doc in documents)
+
+
 class CustomerPolicy(_Strict):
     """A customer managed policy the engine creates and keeps at the file's text."""
 
@@ -242,6 +283,12 @@ class CustomerPolicy(_Strict):
     def _one_source(self) -> CustomerPolicy:
         if (self.document is None) == (self.access is None):
             raise ValueError("give a customer policy one of document or access")
+        size = policy_size(self.policy_document())
+        if size > MANAGED_LIMIT:
+            raise ValueError(
+                f"the policy is {size} characters (whitespace aside), over IAM's "
+                f"{MANAGED_LIMIT} for a managed policy; split it in two"
+            )
         return self
 
     def policy_document(self) -> dict[str, Any]:
@@ -252,10 +299,24 @@ class CustomerPolicy(_Strict):
 class PolicyHolder(_Strict):
     """The policies a group, a user or a service role holds."""
 
+    KIND: ClassVar[str] = "user"
+
     managed_policies: list[PolicyArn] = []
     inline_policy: PolicyDocument | None = None
     access: AccessLevels | None = None
     customer_policies: list[CustomerPolicy] = []
+
+    @model_validator(mode="after")
+    def _inline_fits(self) -> PolicyHolder:
+        inline = [d for f, d in self.file_documents() if f[0] != "customer_policies"]
+        size, limit = policy_size(*inline), INLINE_LIMITS[self.KIND]
+        if size > limit:
+            raise ValueError(
+                f"its inline policies come to {size} characters (whitespace aside), "
+                f"over IAM's {limit} for a {self.KIND}; move some into "
+                "customer_policies"
+            )
+        return self
 
     def file_documents(self) -> list[tuple[tuple[str | int, ...], dict[str, Any]]]:
         """Return each document the file itself gives, with the field it is under."""
@@ -272,10 +333,13 @@ class PolicyHolder(_Strict):
 class GroupConfig(PolicyHolder):
     """An IAM group the file manages, with its policies."""
 
+    KIND: ClassVar[str] = "group"
+
 
 class ServiceRoleConfig(PolicyHolder):
     """A role that a service (EC2, Lambda, ...) assumes instead of using keys."""
 
+    KIND: ClassVar[str] = "role"
     service: str = Field(pattern=r"^[a-z0-9.-]+\.amazonaws\.com$")
     name: RoleName | None = None
     permissions_boundary: PolicyArn | None = None
@@ -288,16 +352,28 @@ class ServiceRoleConfig(PolicyHolder):
         return self
 
 
+def _meaningful(reason: str) -> str:
+    if len(reason.strip()) < MIN_REASON:
+        raise ValueError(
+            f"write a reason of at least {MIN_REASON} characters besides spaces; "
+            "it is kept in the history"
+        )
+    return reason.strip()
+
+
+Reason = Annotated[str, AfterValidator(_meaningful)]
+
+
 class DirectPolicies(_Strict):
     """An explicit, recorded exception to "permissions only through groups"."""
 
-    reason: str = Field(min_length=10)
+    reason: Reason
 
 
 class AllowAdmin(_Strict):
     """An explicit, recorded exception to the no-admin rule."""
 
-    reason: str = Field(min_length=10)
+    reason: Reason
 
 
 class UserConfig(PolicyHolder):
@@ -417,7 +493,24 @@ def load(path: str | Path, known_steps: set[str]) -> LoadedConfig:
     except ValidationError as err:
         raise _first_error(name, document, err) from None
     _check_references(name, document, config, known_steps)
-    return LoadedConfig(Path(path), config)
+    loaded = LoadedConfig(Path(path), config)
+    _check_seed_dir(name, document, loaded)
+    return loaded
+
+
+def _check_seed_dir(name: str, doc: Any, loaded: LoadedConfig) -> None:
+    """Refuse a seed folder that cannot be made or written, before anything runs."""
+    folder = loaded.resolve(loaded.config.secrets.mfa_seed_dir)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a folder" if not existing.is_dir() else "is not writable"
+        _fail(
+            name,
+            doc,
+            ("secrets", "mfa_seed_dir"),
+            f"{existing} {why}, so MFA seeds cannot be written to {folder}; "
+            "name a folder you can write to",
+        )
 
 
 def _first_error(name: str, document: Any, err: ValidationError) -> ConfigError:
@@ -445,6 +538,8 @@ def _explain(error: Any) -> str:
 
 
 def _pattern_hint(location: tuple[int | str, ...]) -> str:
+    if location[-1:] == ("[key]",) and location[-3:-2] == ("groups",):
+        return "not a valid IAM group name (1-64 ASCII letters, digits and +=,.@_-)"
     fields = [part for part in location if isinstance(part, str)]
     if fields and fields[-1] in PATTERN_HINTS:
         return PATTERN_HINTS[fields[-1]]

@@ -3,6 +3,7 @@
     EngineError                 base; ``exit_code`` is what the CLI returns
     ├── ConfigError             workflows.yaml is unreadable or invalid (exit 2)
     ├── StoreError              the database cannot be opened or migrated (exit 3)
+    │   └── StoreUrlError       the database URL itself is unusable (exit 2)
     ├── AwsSetupError           no usable AWS target: credentials, sandbox (exit 3)
     ├── OperatorError           an operator command that cannot apply (exit 2)
     ├── StepError               one step failed for one onboarding (exit 1)
@@ -42,6 +43,12 @@ class StoreError(EngineError):
     """The state store cannot be opened, migrated or written."""
 
     exit_code = 3
+
+
+class StoreUrlError(StoreError):
+    """The database URL or path is malformed or names a driver the engine lacks."""
+
+    exit_code = 2
 
 
 def _printable(text: str) -> str:

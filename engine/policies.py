@@ -35,6 +35,9 @@ DEFECTS = frozenset(
     }
 )
 
+# A finding about a wildcard can name hundreds of actions; a message shows a few.
+MAX_SHOWN = 3
+
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
@@ -88,7 +91,9 @@ def lint(document: dict[str, Any]) -> list[str]:
 def _describe(finding: Any) -> str:
     if finding.issue == "RESOURCE_MISMATCH":
         wanted = [f"{d['action']} needs {d['required_format']}" for d in finding.detail]
-        return "; ".join(wanted)
+        shown = "; ".join(wanted[:MAX_SHOWN])
+        more = len(wanted) - MAX_SHOWN
+        return shown + (f"; and {more} more action(s) like these" if more > 0 else "")
     return str(finding.detail or finding.title or finding.location.get("string"))
 
 

@@ -83,11 +83,12 @@ class Sandbox:
             self._mock = None
             raise
 
-    def stop(self) -> None:
-        """Save the state one last time and stop intercepting AWS calls."""
+    def stop(self, keep: bool = True) -> None:
+        """Save the state one last time (unless ``keep`` is False) and stop moto."""
         if self._mock is None:
             return
-        self.save()
+        if keep:
+            self.save()
         self._mock.stop()
         self._mock = None
 

@@ -52,7 +52,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from engine.errors import StoreError
+from engine.errors import StoreError, StoreUrlError
 
 log = logging.getLogger(__name__)
 
@@ -561,6 +561,8 @@ def _history_dict(row: Any) -> dict[str, Any]:
 
 def resolve_url(cli_value: str | None, file_url: str | None) -> str:
     """Pick the store URL: --db, then the environment variable, then the file."""
+    if cli_value is not None and not cli_value.strip():
+        raise StoreUrlError("--db is empty; give a SQLite path or a database URL")
     chosen = cli_value or os.environ.get(DB_ENV) or file_url
     if not chosen:
         raise StoreError(
@@ -609,7 +611,7 @@ def _create_engine(url: str, make_folder: bool = True) -> Engine:
         if parsed.get_backend_name() != "sqlite":
             return create_engine(parsed, pool_pre_ping=True)
     except (ArgumentError, NoSuchModuleError, ModuleNotFoundError) as err:
-        raise StoreError(
+        raise StoreUrlError(
             f"'{url}' is not a database URL this engine can open ({err}); use a "
             "SQLite path or a URL such as postgresql+psycopg://user@host/db"
         ) from None
@@ -658,17 +660,22 @@ def downgrade(store: Store, revision: str = "base") -> None:
 
 @contextmanager
 def _migration_lock(store: Store) -> Iterator[None]:
-    """Keep two processes from migrating one SQLite file at the same time."""
+    """Keep two processes from migrating one SQLite file at the same time.
+
+    The lock is a flock on the database's folder: no side file is left behind,
+    and the database file itself is never opened outside SQLite, whose POSIX
+    locks a second descriptor's close would drop.
+    """
     database = store.engine.url.database
     if store.engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
         return
-    with open(f"{database}.migrate-lock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    folder = os.open(Path(database).resolve().parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)
 
 
 def _run_alembic(store: Store, action: Any, revision: str) -> None:

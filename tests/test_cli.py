@@ -416,3 +416,77 @@ def test_history_says_which_filter_matched_nothing(
     assert "case-sensitive" not in unknown_user
     assert "(--state is case-sensitive)" in no_state
     assert code == 2 and "--until" in backwards and "later than --since" in backwards
+
+
+def _files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def test_reset_before_any_run_is_refused_without_creating_a_database(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path
+) -> None:
+    before = _files_under(sandbox_file.parent)
+
+    code, _, err = run_cli(
+        capsys,
+        "reset",
+        "alice",
+        "--to",
+        "New",
+        "--reason",
+        "x",
+        "-f",
+        str(sandbox_file),
+    )
+
+    assert code == 3 and "no database at" in err
+    assert _files_under(sandbox_file.parent) == before
+
+
+def test_a_file_that_is_not_a_database_is_left_alone(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path
+) -> None:
+    text_file = sandbox_file.parent / "notes.txt"
+    text_file.write_text("hello\n")
+    before = _files_under(sandbox_file.parent)
+
+    code, _, err = run_cli(capsys, "status", "--db", str(text_file))
+
+    assert code == 3 and "not a database" in err
+    assert _files_under(sandbox_file.parent) == before
+    assert text_file.read_text() == "hello\n"
+
+
+def test_missing_aws_credentials_leave_no_database(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    path = write_workflows(tmp_path, aws={"sandbox": False, "max_attempts": 1})
+
+    code, _, err = run_cli(capsys, "run", str(path))
+
+    assert code == 3 and "no AWS credentials" in err
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(
+    ("db", "words"),
+    [
+        ("nonsense://foo/bar", "not a database URL"),
+        ("", "--db is empty"),
+    ],
+    ids=["unknown-dialect", "empty"],
+)
+def test_an_unusable_db_value_is_bad_input(
+    capsys: pytest.CaptureFixture[str], sandbox_file: Path, db: str, words: str
+) -> None:
+    code, _, err = run_cli(capsys, "run", str(sandbox_file), "--db", db)
+
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+    assert not (sandbox_file.parent / "state").exists()

@@ -280,3 +280,102 @@ def test_a_policy_error_names_the_statement_not_pydantic_internals(
     )
 
     assert "Statement[0].Effect" in err.problem and "function-after" not in err.problem
+
+
+BIG_RESOURCES = ", ".join(
+    f"'arn:aws:s3:::northwind-bucket-{i:04}/*'" for i in range(80)
+)
+
+
+@pytest.mark.parametrize(
+    ("entry", "field", "words"),
+    [
+        (
+            "    allow_admin: {reason: '            '}\n",
+            "users[0].allow_admin.reason",
+            "besides spaces",
+        ),
+        (
+            "    direct_policies: {reason: ' short   '}\n",
+            "users[0].direct_policies.reason",
+            "besides spaces",
+        ),
+        (
+            "    inline_policy: {Statement: []}\n",
+            "users[0].inline_policy",
+            "at least 1",
+        ),
+        (
+            "    inline_policy: {Statement: [{Effect: Allow, Action: [], Resource: '*'}]}\n",
+            "users[0].inline_policy",
+            "Action list is empty",
+        ),
+        ("    tags: {'aws:team': x}\n", "users[0].tags.aws:team", "reserved"),
+        ("    tags: {team: 'plat<form>'}\n", "users[0].tags.team", "not allowed"),
+        (
+            "    direct_policies: {reason: a recorded exception}\n"
+            "    inline_policy: {Statement: [{Effect: Allow, Action: s3:GetObject, "
+            f"Resource: [{BIG_RESOURCES}]}}]}}\n",
+            "users[0]",
+            "over IAM's 2048 for a user",
+        ),
+    ],
+    ids=[
+        "blank-admin-reason",
+        "short-direct-reason",
+        "no-statement",
+        "no-action",
+        "aws-tag-key",
+        "tag-value-char",
+        "inline-too-big",
+    ],
+)
+def test_values_aws_would_refuse_are_refused_at_load(
+    tmp_path: Path, entry: str, field: str, words: str
+) -> None:
+    err = _error_for(tmp_path, GOOD_HEAD + entry)
+
+    assert err.field == field and words in err.problem, str(err)
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "words"),
+    [
+        (
+            "secrets: {secret_prefix: 'north wind!!/'}",
+            "secrets.secret_prefix",
+            "Secrets Manager",
+        ),
+        (
+            "secrets: {mfa_seed_dir: workflows.yaml/seeds}",
+            "secrets.mfa_seed_dir",
+            "is not a folder",
+        ),
+        ("groups: {'analysts group!': {}}", "groups.analysts group!", "IAM group name"),
+    ],
+    ids=["secret-prefix", "seed-dir-under-a-file", "group-name"],
+)
+def test_bad_top_level_values_are_refused_at_load(
+    tmp_path: Path, section: str, field: str, words: str
+) -> None:
+    err = _error_for(
+        tmp_path, GOOD_HEAD.replace("workflows:", f"{section}\nworkflows:", 1)
+    )
+
+    assert err.field == field and words in err.problem, str(err)
+
+
+def test_a_wildcard_resource_mismatch_names_a_few_actions_not_hundreds(
+    tmp_path: Path,
+) -> None:
+    err = _error_for(
+        tmp_path,
+        GOOD_HEAD
+        + "    direct_policies: {reason: a recorded exception}\n"
+        + "    allow_admin: {reason: break-glass administrator}\n"
+        + "    inline_policy: {Statement: [{Effect: Allow, Action: ['iam:*'], "
+        + "Resource: 'arn:aws:glue:us-east-1:123456789012:table/db/t'}]}\n",
+    )
+
+    assert "RESOURCE_MISMATCH" in err.problem and "more action(s)" in err.problem
+    assert len(str(err)) < 1000
