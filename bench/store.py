@@ -2,9 +2,10 @@
 
     python bench/store.py 2000
 
-For N onboardings, writes one transition each (history row and new state in
-one transaction), then one step's worth of writes each (the started-marker
-commit, then the transition commit). Runs on SQLite, and on PostgreSQL when
+For N onboardings, writes one transition each as the engine writes a step
+that succeeded (history row, new state and the next step's started marker in
+one transaction), then the two commits of the first step of a run (its own
+started marker, then the transition). Runs on SQLite, and on PostgreSQL when
 IAM_ENGINE_BENCH_PG (default the test server) is reachable. The last line is
 a one-line summary.
 """
@@ -49,7 +50,8 @@ def _enter(store: Store, current: Onboarding, state: str) -> Onboarding:
     transition = Transition(
         current, state, "advance", "bench", utcnow(), "ok", {"n": 1}
     )
-    return store.record(transition, RUNNING)
+    ahead = {"pending_state": "Next", "lease_expires_at": utcnow() + LEASE}
+    return store.record(transition, RUNNING, ahead)
 
 
 def _postgres_store() -> tuple[Store, str] | None:
@@ -67,7 +69,10 @@ def _postgres_store() -> tuple[Store, str] | None:
 
 def _show(label: str, figures: tuple[float, float]) -> None:
     transitions, steps = figures
-    print(f"{label:32} {transitions:8.0f} transitions/s  {steps:8.0f} steps/s")
+    print(
+        f"{label:32} {transitions:8.0f} transitions/s  "
+        f"{steps:8.0f} first steps of a run/s"
+    )
 
 
 def main() -> None:
