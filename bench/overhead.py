@@ -1,16 +1,19 @@
 """What the engine adds on top of the AWS calls its steps make.
 
-    python bench/overhead.py 50
+    python -m bench.overhead 50 [ROUNDS]
 
-Runs the same N onboardings twice, each on a fresh in-process moto: once
+Runs the same N onboardings, each time on a fresh in-process moto: once
 through the engine (store, state machine, leases, history), once as the bare
-sequence of step functions with nothing around them. Prints both times and
-the ratio engine/bare; the last line is a one-line summary.
+sequence of step functions with nothing around them. It does so ROUNDS times
+(default 3), taking turns, because one round on a shared machine can be off
+by a third; prints each round and the median of each, with the ratio
+engine/bare. The last line is a one-line summary.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 import sys
 import time
 
@@ -63,20 +66,30 @@ def bare_run(count: int) -> float:
 
 
 def main() -> None:
-    """Run both on the size given on the command line and print the ratio."""
+    """Run both, round after round, on the size given; print the median ratio."""
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     fake_credentials()
     bare_run(2)  # warm imports and moto's first-use costs out of the figures
-    bare = bare_run(count)
-    engine = engine_run(count)
-    ratio = engine / bare
-    print(f"{count} onboardings x 7 steps on in-process moto")
+    print(f"{count} onboardings x 7 steps on in-process moto, {rounds} rounds")
+    bares, engines = [], []
+    for index in range(rounds):
+        bares.append(bare_run(count))
+        engines.append(engine_run(count))
+        print(
+            f"round {index + 1}: bare {bares[-1]:6.2f} s  engine {engines[-1]:6.2f} s"
+            f"  ratio {engines[-1] / bares[-1]:.3f}"
+        )
+    bare, engine = statistics.median(bares), statistics.median(engines)
     print(f"bare step calls   {bare:8.2f} s  {bare / count * 1000:7.1f} ms/onboarding")
     print(
         f"through engine    {engine:8.2f} s  {engine / count * 1000:7.1f} ms/onboarding"
     )
     print(f"peak RSS {peak_rss_mb():.0f} MB")
-    print(f"summary: n={count} bare={bare:.2f}s engine={engine:.2f}s ratio={ratio:.3f}")
+    print(
+        f"summary: n={count} rounds={rounds} median bare={bare:.2f}s "
+        f"engine={engine:.2f}s ratio={engine / bare:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from engine.store import (
     RUNNING,
     START_STATE,
     WAITING,
+    NewOnboarding,
     Onboarding,
     Store,
     Transition,
@@ -117,7 +118,7 @@ class Runner:
     ) -> list[Outcome]:
         """Drive every user, ``workers`` at a time; one failure does not stop others."""
         users = self.loaded.config.users
-        known = {item.user_name: item for item in self.store.all_onboardings()}
+        known = self.store.ensure_onboardings(self.new_onboardings())
 
         def one(user: UserConfig) -> Outcome:
             outcome = self.drive(user, on_step, known.get(user.name))
@@ -130,6 +131,20 @@ class Runner:
                 return [one(user) for user in users]
             with ThreadPoolExecutor(workers, thread_name_prefix="onboard") as pool:
                 return list(pool.map(one, users))
+
+    def new_onboardings(self) -> list[NewOnboarding]:
+        """Return how each user of the file starts: its workflow and definition."""
+        config = self.loaded.config
+        made = []
+        for user in config.users:
+            name = config.workflow_of(user)
+            spec = config.workflows[name]
+            made.append(
+                NewOnboarding(
+                    user.name, name, spec.definition_hash(), spec.definition()
+                )
+            )
+        return made
 
     def workers_for(self, asked: int) -> int:
         """Return how many workers the target allows, saying so when it is fewer."""

@@ -143,6 +143,16 @@ class Onboarding:
 
 
 @dataclass(frozen=True)
+class NewOnboarding:
+    """What an onboarding starts with: its user and the workflow definition."""
+
+    user: str
+    workflow: str
+    definition_hash: str
+    definition: str | None = None
+
+
+@dataclass(frozen=True)
 class Transition:
     """What one attempt to enter a state produced, ready to be written."""
 
@@ -176,31 +186,27 @@ class Store:
         definition: str | None = None,
     ) -> Onboarding:
         """Return the user's onboarding, creating it in the start state when missing."""
-        now = utcnow()
-        row = {
-            "user_name": user,
-            "workflow": workflow,
-            "definition_hash": definition_hash,
-            "definition": definition,
-            "state": START_STATE,
-            "status": PENDING,
-            "attempts": 0,
-            "version": 0,
-            "created_at": now,
-            "updated_at": now,
-        }
+        wanted = NewOnboarding(user, workflow, definition_hash, definition)
         with self._begin() as conn:
             found = self._find(conn, user)
             if found is not None:
                 return found
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(onboardings).values(**row))
-            except IntegrityError:
-                log.debug("onboarding of %s was created by another worker", user)
+            _insert_new(conn, wanted, utcnow())
             found = self._find(conn, user)
         assert found is not None
         return found
+
+    def ensure_onboardings(self, wanted: list[NewOnboarding]) -> dict[str, Onboarding]:
+        """Return every onboarding by user name, creating the missing in one commit."""
+        now = utcnow()
+        with self._begin() as conn:
+            names = select(onboardings.c.user_name)
+            known = set(conn.execute(names).scalars())
+            for item in wanted:
+                if item.user not in known:
+                    _insert_new(conn, item, now)
+            rows = conn.execute(select(onboardings).order_by(onboardings.c.id))
+            return {row.user_name: _onboarding(row._mapping) for row in rows}
 
     def claim(
         self,
@@ -429,6 +435,27 @@ class Store:
         )
         with self._begin() as conn:
             conn.execute(statement)
+
+
+def _insert_new(conn: Connection, wanted: NewOnboarding, now: datetime) -> None:
+    """Insert an onboarding in the start state; another worker may have won."""
+    row = {
+        "user_name": wanted.user,
+        "workflow": wanted.workflow,
+        "definition_hash": wanted.definition_hash,
+        "definition": wanted.definition,
+        "state": START_STATE,
+        "status": PENDING,
+        "attempts": 0,
+        "version": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(onboardings).values(**row))
+    except IntegrityError:
+        log.debug("onboarding of %s was created by another worker", wanted.user)
 
 
 @functools.cache

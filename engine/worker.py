@@ -30,23 +30,9 @@ class Worker:
         self._lock = threading.Lock()
         self._after = 0
 
-    def enlist(self) -> int:
+    def enlist(self) -> None:
         """Create the onboardings of users the database does not have yet."""
-        known = {item.user_name for item in self.runner.store.all_onboardings()}
-        config = self.runner.loaded.config
-        created = 0
-        for user in config.users:
-            if user.name in known:
-                continue
-            spec = config.workflows[config.workflow_of(user)]
-            self.runner.store.ensure_onboarding(
-                user.name,
-                config.workflow_of(user),
-                spec.definition_hash(),
-                spec.definition(),
-            )
-            created += 1
-        return created
+        self.runner.store.ensure_onboardings(self.runner.new_onboardings())
 
     def one_pass(
         self,
