@@ -1,4 +1,4 @@
-"""The account's password policy (CIS 1.8 and 1.9), checked once per account.
+"""The account's password policy (CIS v5 1.7 and 1.8), checked once per account.
 
 A weaker policy is raised to the baseline; every setting that is already
 stronger (a longer minimum, complexity, expiry) is kept as it is, because

@@ -1,7 +1,7 @@
 """MFA modes and the account password policy, each rule held and repaired on moto.
 
-CIS AWS Foundations Benchmark v5: 1.8 (password length >= 14), 1.9 (reuse
-prevention 24), 1.10 (MFA for every user with a console password); AWS Config
+CIS AWS Foundations Benchmark v5: 1.7 (password length >= 14), 1.8 (reuse
+prevention 24), 1.9 (MFA for every user with a console password); AWS Config
 iam-password-policy, iam-user-mfa-enabled, mfa-enabled-for-iam-console-access.
 """
 
@@ -407,7 +407,7 @@ def test_cli_waits_with_exit_5_and_keeps_secrets_out_of_db_and_output(
         assert stat.S_IMODE(mode) == 0o600
 
 
-# --- the account password policy (CIS 1.8, 1.9; Config iam-password-policy) -
+# --- the account password policy (CIS v5 1.7, 1.8; Config iam-password-policy) -
 
 
 def test_an_account_without_a_password_policy_gets_the_baseline(
