@@ -111,8 +111,7 @@ class _QuietParliament(logging.Filter):
 def _setup_logging(verbose: bool, debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_OnboardingDefault())
-    if not debug:
-        handler.addFilter(_QuietParliament())
+    handler.addFilter(_QuietParliament())
     handler.addFilter(REDACTOR)
     handler.setFormatter(
         logging.Formatter(
@@ -279,18 +278,15 @@ def _runner(
     """Open the file's store and AWS target, yield a runner on them, close both."""
     loaded = _load(workflows)
     url = store.resolve_url(db, loaded.database_url())
-    secrets = SecretSink(
-        loaded.resolve(loaded.config.secrets.mfa_seed_dir),
-        loaded.config.secrets.secret_prefix,
-        REDACTOR,
-    )
     # AWS first: a target that cannot be used must not leave a new database.
     target = open_target(loaded.config.aws, _sandbox_file(loaded, url))
     try:
+        seeds = loaded.make_seed_dir()
         engine_store = _open_store(db, loaded)
     except BaseException:
         target.abandon()
         raise
+    secrets = SecretSink(seeds, loaded.config.secrets.secret_prefix, REDACTOR)
     faults = FaultPoints.from_env()
     for client in vars(target.clients).values():
         faults.watch(client)

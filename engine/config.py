@@ -136,7 +136,10 @@ def _check_document(document: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         where = _dotted(tuple(first["loc"])) or "document"
-        raise ValueError(f"policy document {where}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if first["type"] == "too_short":
+            message = "is empty; give at least one"
+        raise ValueError(f"policy document {where}: {message}") from None
     problems = lint(document)
     if problems:
         raise ValueError(f"parliament finds {problems[0]}")
@@ -353,7 +356,8 @@ class ServiceRoleConfig(PolicyHolder):
 
 
 def _meaningful(reason: str) -> str:
-    if len(reason.strip()) < MIN_REASON:
+    visible = [c for c in reason if c.isprintable() and not c.isspace()]
+    if len(visible) < MIN_REASON:
         raise ValueError(
             f"write a reason of at least {MIN_REASON} characters besides spaces; "
             "it is kept in the history"
@@ -468,6 +472,22 @@ class LoadedConfig:
         self.path = path
         self.config = config
         self.base_dir = path.resolve().parent
+        self.seed_dir_line: int | None = None
+
+    def make_seed_dir(self) -> Path:
+        """Create the MFA seed folder (0700) before a run; ConfigError if impossible."""
+        folder = self.resolve(self.config.secrets.mfa_seed_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as err:
+            raise ConfigError(
+                str(self.path),
+                self.seed_dir_line,
+                "secrets.mfa_seed_dir",
+                f"cannot create {folder} ({err.strerror}); name a folder you can "
+                "write to",
+            ) from None
+        return folder
 
     def resolve(self, relative: str) -> Path:
         """Resolve a path from the file against the file's own folder."""
@@ -495,6 +515,7 @@ def load(path: str | Path, known_steps: set[str]) -> LoadedConfig:
     _check_references(name, document, config, known_steps)
     loaded = LoadedConfig(Path(path), config)
     _check_seed_dir(name, document, loaded)
+    loaded.seed_dir_line = yamlsafe.line_of(document, ("secrets", "mfa_seed_dir"))
     return loaded
 
 

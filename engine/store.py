@@ -621,11 +621,10 @@ def open_store(
 def _check_exists(url: str) -> None:
     parsed = make_url(url)
     database = parsed.database
-    if (
-        parsed.get_backend_name() == "sqlite"
-        and database
-        and not Path(database).exists()
-    ):
+    if parsed.get_backend_name() != "sqlite" or not database:
+        return
+    # SQLite takes an empty file for an empty database; a query must not.
+    if not Path(database).exists() or Path(database).stat().st_size == 0:
         raise StoreError(
             f"no database at {database}; run `python -m engine run FILE` first, "
             "or pass the right --db"

@@ -490,3 +490,30 @@ def test_an_unusable_db_value_is_bad_input(
 
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1
     assert not (sandbox_file.parent / "state").exists()
+
+
+def test_an_empty_file_given_to_a_query_is_not_made_a_database(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+
+    code, _, err = run_cli(capsys, "status", "--db", str(empty))
+
+    assert code == 3 and "no database at" in err and empty.stat().st_size == 0
+
+
+def test_a_seed_folder_that_cannot_be_made_stops_the_run_before_any_step(
+    capsys: pytest.CaptureFixture[str],
+    sandbox_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+
+    code, _, err = run_cli(capsys, "run", str(sandbox_file))
+
+    assert code == 2 and "secrets.mfa_seed_dir" in err and "cannot create" in err
+    assert not (sandbox_file.parent / "state" / "engine.db").exists()

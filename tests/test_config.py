@@ -303,7 +303,7 @@ BIG_RESOURCES = ", ".join(
         (
             "    inline_policy: {Statement: []}\n",
             "users[0].inline_policy",
-            "at least 1",
+            "is empty",
         ),
         (
             "    inline_policy: {Statement: [{Effect: Allow, Action: [], Resource: '*'}]}\n",
@@ -379,3 +379,20 @@ def test_a_wildcard_resource_mismatch_names_a_few_actions_not_hundreds(
 
     assert "RESOURCE_MISMATCH" in err.problem and "more action(s)" in err.problem
     assert len(str(err)) < 1000
+
+
+def test_a_reason_of_invisible_characters_is_refused(tmp_path: Path) -> None:
+    err = _error_for(
+        tmp_path, GOOD_HEAD + '    allow_admin: {reason: "' + "\\u200b" * 12 + '"}\n'
+    )
+
+    assert (
+        err.field == "users[0].allow_admin.reason" and "besides spaces" in err.problem
+    )
+
+
+def test_policy_document_messages_carry_no_pydantic_wording(tmp_path: Path) -> None:
+    err = _error_for(tmp_path, GOOD_HEAD + "    inline_policy: {Statement: []}\n")
+
+    assert "is empty; give at least one" in err.problem
+    assert "Value error" not in err.problem and "after validation" not in err.problem
