@@ -153,6 +153,15 @@ def runner_for(
     return Runner(loaded, store, target, secrets)
 
 
+def runner_without_aws(loaded: config.LoadedConfig, store: Store) -> Runner:
+    """Return a runner with no AWS behind it, for steps replaced by stand-ins."""
+    clients = Clients(*[None] * len(Clients.__dataclass_fields__))
+    account = AccountFacts("123456789012", "us-east-1")
+    target = AwsTarget(clients, account, "none", new_clients=lambda: clients)
+    secrets = SecretSink(loaded.base_dir / "secrets", "bench/", Redactor())
+    return Runner(loaded, store, target, secrets)
+
+
 @contextmanager
 def scratch() -> Iterator[Path]:
     """Yield a temporary folder, removed afterwards."""

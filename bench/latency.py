@@ -29,15 +29,14 @@ from bench.common import (
     moto_server_clients,
     peak_rss_mb,
     runner_for,
+    runner_without_aws,
     scratch,
     sqlite_store,
     write_file,
 )
-from engine.aws import AwsTarget
 from engine.runner import Runner
-from engine.secrets import Redactor, SecretSink
 from steps import REGISTRY
-from steps.base import AccountFacts, Clients, Step, StepContext
+from steps.base import Clients, Step, StepContext
 
 WORKER_COUNTS = (1, 4, 16, 64)
 
@@ -131,7 +130,7 @@ def measure_engine_only(
     try:
         with scratch() as folder:
             store = sqlite_store(folder)
-            runner = _runner_without_aws(write_file(folder, count), store)
+            runner = runner_without_aws(write_file(folder, count), store)
             started = time.perf_counter()
             outcomes = runner.run(workers=workers)
             elapsed = time.perf_counter() - started
@@ -152,14 +151,6 @@ def longest_onboarding(counts: Counter[tuple[str, str]], latency: float) -> str:
         f"the longest onboarding ({user}, {calls} calls, {calls * latency:.2f} s) "
         "bounds every worker count from below, whatever the ideal says"
     )
-
-
-def _runner_without_aws(loaded: Any, store: Any) -> Runner:
-    clients = Clients(*[None] * len(Clients.__dataclass_fields__))
-    account = AccountFacts("123456789012", "us-east-1")
-    target = AwsTarget(clients, account, "none", new_clients=lambda: clients)
-    secrets = SecretSink(loaded.base_dir / "secrets", "bench/", Redactor())
-    return Runner(loaded, store, target, secrets)
 
 
 def measure(

@@ -21,15 +21,13 @@ from typing import Any
 from bench.common import (
     fake_credentials,
     peak_rss_mb,
+    runner_without_aws,
     scratch,
     sqlite_store,
     write_file,
 )
-from engine.aws import AwsTarget
-from engine.runner import Runner
-from engine.secrets import Redactor, SecretSink
 from steps import REGISTRY
-from steps.base import AccountFacts, Clients, StepContext
+from steps.base import StepContext
 
 
 def _nothing(_ctx: StepContext) -> dict[str, Any]:
@@ -44,11 +42,9 @@ def measure_one(count: int) -> None:
         loaded = write_file(folder, count)
         loaded_mb = current_rss_mb()
         store = sqlite_store(folder)
-        clients = Clients(*[None] * len(Clients.__dataclass_fields__))
-        target = AwsTarget(clients, AccountFacts("123456789012", "us-east-1"), "none")
-        secrets = SecretSink(folder / "secrets", "bench/", Redactor())
+        runner = runner_without_aws(loaded, store)
         started = time.perf_counter()
-        outcomes = Runner(loaded, store, target, secrets).run()
+        outcomes = runner.run()
         elapsed = time.perf_counter() - started
         store.dispose()
     assert all(item.status == "done" for item in outcomes), outcomes[:3]

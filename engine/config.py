@@ -468,11 +468,13 @@ class Config(_Strict):
 class LoadedConfig:
     """A validated Config together with the file it came from."""
 
-    def __init__(self, path: Path, config: Config) -> None:
+    def __init__(
+        self, path: Path, config: Config, seed_dir_line: int | None = None
+    ) -> None:
         self.path = path
         self.config = config
         self.base_dir = path.resolve().parent
-        self.seed_dir_line: int | None = None
+        self.seed_dir_line = seed_dir_line
 
     def make_seed_dir(self) -> Path:
         """Create the MFA seed folder (0700) before a run; ConfigError if impossible."""
@@ -513,9 +515,9 @@ def load(path: str | Path, known_steps: set[str]) -> LoadedConfig:
     except ValidationError as err:
         raise _first_error(name, document, err) from None
     _check_references(name, document, config, known_steps)
-    loaded = LoadedConfig(Path(path), config)
+    seed_dir_line = yamlsafe.line_of(document, ("secrets", "mfa_seed_dir"))
+    loaded = LoadedConfig(Path(path), config, seed_dir_line)
     _check_seed_dir(name, document, loaded)
-    loaded.seed_dir_line = yamlsafe.line_of(document, ("secrets", "mfa_seed_dir"))
     return loaded
 
 
